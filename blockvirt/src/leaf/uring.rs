@@ -1,0 +1,345 @@
+//! An io_uring engine: one ring on one dedicated thread per open file.
+//!
+//! ```text
+//!  async tasks ──push──▶ queue ──▶ ring thread ──SQE──▶ kernel
+//!       ▲      (eventfd wakes it)        │◀──CQE──────────┘
+//!       └────────── oneshot reply ───────┘
+//! ```
+//!
+//! Each request owns its buffer. The ring thread keeps the request (and so
+//! the buffer) until the kernel posts its completion, so a caller that stops
+//! waiting can never free memory the kernel is still writing into. Short
+//! transfers are resubmitted for the remainder; a zero-byte transfer is an
+//! error. The thread leaves once the owning device is dropped and every
+//! request in flight has completed.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use io_uring::{opcode, types, IoUring};
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
+
+use crate::buf::{IoBuf, IoBufMut};
+
+const RING_ENTRIES: u32 = 256;
+const WAKE_TOKEN: u64 = u64::MAX;
+
+pub(crate) type Reply<B> = oneshot::Sender<(io::Result<()>, B)>;
+
+/// One operation handed to the ring thread.
+pub(crate) enum Request {
+    Read {
+        offset: u64,
+        buf: IoBufMut,
+        reply: Reply<IoBufMut>,
+    },
+    Write {
+        offset: u64,
+        buf: IoBuf,
+        dsync: bool,
+        reply: Reply<IoBuf>,
+    },
+    Fdatasync {
+        reply: oneshot::Sender<io::Result<()>>,
+    },
+    Fallocate {
+        mode: i32,
+        offset: u64,
+        len: u64,
+        reply: oneshot::Sender<io::Result<()>>,
+    },
+}
+
+struct InFlight {
+    request: Request,
+    /// Bytes already transferred (reads and writes are resubmitted when short).
+    done: usize,
+}
+
+struct Shared {
+    queue: Mutex<VecDeque<Request>>,
+    wake: OwnedFd,
+    stop: AtomicBool,
+}
+
+impl Shared {
+    fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a valid u64 to an eventfd we own. A
+        // failure (counter overflow) cannot happen at our rates and would
+        // only delay, not lose, the request: the ring thread also drains the
+        // queue whenever any completion arrives.
+        unsafe { libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+}
+
+/// Handle to a ring thread. Dropping it stops the thread after in-flight
+/// requests complete.
+pub(crate) struct Ring {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Ring {
+    /// Starts a ring thread serving `file`.
+    pub(crate) fn start(file: Arc<File>, name: String) -> io::Result<Ring> {
+        let ring = IoUring::new(RING_ENTRIES)?;
+        // SAFETY: eventfd returns a new descriptor or -1.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if efd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: efd is a fresh descriptor that nothing else owns.
+        let wake = unsafe { OwnedFd::from_raw_fd(efd) };
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(VecDeque::new()),
+            wake,
+            stop: AtomicBool::new(false),
+        });
+        let thread_shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || RingThread::new(ring, file, thread_shared).run())?;
+        Ok(Ring {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    pub(crate) fn submit(&self, request: Request) {
+        self.shared.queue.lock().push_back(request);
+        self.shared.wake();
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        self.shared.wake();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+struct RingThread {
+    ring: IoUring,
+    file: Arc<File>,
+    shared: Arc<Shared>,
+    slots: Vec<Option<InFlight>>,
+    free_slots: Vec<usize>,
+    in_flight: usize,
+    wake_buf: Box<u64>,
+    wake_armed: bool,
+}
+
+impl RingThread {
+    fn new(ring: IoUring, file: Arc<File>, shared: Arc<Shared>) -> Self {
+        RingThread {
+            ring,
+            file,
+            shared,
+            slots: Vec::new(),
+            free_slots: Vec::new(),
+            in_flight: 0,
+            wake_buf: Box::new(0),
+            wake_armed: false,
+        }
+    }
+
+    fn run(mut self) {
+        loop {
+            if !self.wake_armed {
+                self.arm_wake();
+            }
+            self.take_queued();
+            if self.shared.stop.load(Ordering::Acquire)
+                && self.in_flight == 0
+                && self.shared.queue.lock().is_empty()
+            {
+                return;
+            }
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
+                Err(e) => {
+                    tracing::error!("io_uring submit failed: {e}; failing queued requests");
+                    self.fail_everything(e);
+                    return;
+                }
+            }
+            self.reap();
+        }
+    }
+
+    fn fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+
+    fn arm_wake(&mut self) {
+        let entry = opcode::Read::new(
+            types::Fd(self.shared.wake.as_raw_fd()),
+            (&mut *self.wake_buf as *mut u64).cast(),
+            8,
+        )
+        .build()
+        .user_data(WAKE_TOKEN);
+        // SAFETY: wake_buf is boxed and lives as long as the ring thread.
+        if unsafe { self.ring.submission().push(&entry) }.is_ok() {
+            self.wake_armed = true;
+        }
+    }
+
+    /// Moves queued requests into the submission queue while there is room.
+    fn take_queued(&mut self) {
+        loop {
+            // Keep one completion slot for the wake read.
+            if self.in_flight + 1 >= RING_ENTRIES as usize || self.ring.submission().is_full() {
+                return;
+            }
+            let Some(request) = self.shared.queue.lock().pop_front() else {
+                return;
+            };
+            let slot = match self.free_slots.pop() {
+                Some(slot) => slot,
+                None => {
+                    self.slots.push(None);
+                    self.slots.len() - 1
+                }
+            };
+            self.slots[slot] = Some(InFlight { request, done: 0 });
+            self.in_flight += 1;
+            self.push_entry(slot);
+        }
+    }
+
+    /// Pushes the SQE for the (remaining part of the) request in `slot`.
+    fn push_entry(&mut self, slot: usize) {
+        let fd = types::Fd(self.fd());
+        let in_flight = self.slots[slot].as_mut().expect("slot holds a request");
+        let done = in_flight.done;
+        let entry = match &mut in_flight.request {
+            Request::Read { offset, buf, .. } => {
+                // SAFETY: done <= len, so the pointer stays within the buffer.
+                let ptr = unsafe { buf.as_mut_ptr().add(done) };
+                opcode::Read::new(fd, ptr, (buf.len() - done) as u32)
+                    .offset(*offset + done as u64)
+                    .build()
+            }
+            Request::Write {
+                offset, buf, dsync, ..
+            } => {
+                // SAFETY: done <= len, so the pointer stays within the buffer.
+                let ptr = unsafe { buf.as_ptr().add(done) };
+                opcode::Write::new(fd, ptr, (buf.len() - done) as u32)
+                    .offset(*offset + done as u64)
+                    .rw_flags(if *dsync { libc::RWF_DSYNC } else { 0 })
+                    .build()
+            }
+            Request::Fdatasync { .. } => opcode::Fsync::new(fd)
+                .flags(types::FsyncFlags::DATASYNC)
+                .build(),
+            Request::Fallocate {
+                mode, offset, len, ..
+            } => opcode::Fallocate::new(fd, *len)
+                .offset(*offset)
+                .mode(*mode)
+                .build(),
+        };
+        let entry = entry.user_data(slot as u64);
+        // SAFETY: the buffer the entry points at is owned by the request in
+        // `slots`, which stays there until its completion is reaped. Room
+        // was checked by the caller (take_queued) or freed by the completion
+        // being resubmitted (reap).
+        unsafe { self.ring.submission().push(&entry) }.expect("submission queue has room");
+    }
+
+    fn reap(&mut self) {
+        let completions: Vec<(u64, i32)> = self
+            .ring
+            .completion()
+            .map(|cqe| (cqe.user_data(), cqe.result()))
+            .collect();
+        for (token, result) in completions {
+            if token == WAKE_TOKEN {
+                self.wake_armed = false;
+                continue;
+            }
+            self.complete(token as usize, result);
+        }
+    }
+
+    fn complete(&mut self, slot: usize, result: i32) {
+        let mut in_flight = self.slots[slot].take().expect("completion for a live slot");
+        let outcome: Option<io::Result<()>> = if result == -libc::EINTR || result == -libc::EAGAIN
+        {
+            None // retry as is
+        } else if result < 0 {
+            Some(Err(io::Error::from_raw_os_error(-result)))
+        } else {
+            let transferred = result as usize;
+            match &in_flight.request {
+                Request::Read { buf, .. } => progress(&mut in_flight.done, transferred, buf.len()),
+                Request::Write { buf, .. } => progress(&mut in_flight.done, transferred, buf.len()),
+                Request::Fdatasync { .. } | Request::Fallocate { .. } => Some(Ok(())),
+            }
+        };
+        match outcome {
+            None => {
+                self.slots[slot] = Some(in_flight);
+                self.push_entry(slot);
+            }
+            Some(result) => {
+                self.free_slots.push(slot);
+                self.in_flight -= 1;
+                reply(in_flight.request, result);
+            }
+        }
+    }
+
+    fn fail_everything(&mut self, err: io::Error) {
+        let in_flight: Vec<InFlight> = self.slots.iter_mut().filter_map(Option::take).collect();
+        for op in in_flight {
+            reply(op.request, Err(io::Error::new(err.kind(), err.to_string())));
+        }
+        let queued: Vec<Request> = self.shared.queue.lock().drain(..).collect();
+        for request in queued {
+            reply(request, Err(io::Error::new(err.kind(), err.to_string())));
+        }
+    }
+}
+
+/// Advances a read or write by `transferred` bytes: `Some` once it is finished
+/// (or can make no progress), `None` when the remainder must be resubmitted.
+fn progress(done: &mut usize, transferred: usize, len: usize) -> Option<io::Result<()>> {
+    if transferred == 0 {
+        return Some(Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "transfer stopped short (end of file?)",
+        )));
+    }
+    *done += transferred;
+    (*done >= len).then_some(Ok(()))
+}
+
+/// Sends the result back; a caller that stopped waiting just drops it.
+fn reply(request: Request, result: io::Result<()>) {
+    match request {
+        Request::Read { buf, reply, .. } => {
+            let _ = reply.send((result, buf));
+        }
+        Request::Write { buf, reply, .. } => {
+            let _ = reply.send((result, buf));
+        }
+        Request::Fdatasync { reply } | Request::Fallocate { reply, .. } => {
+            let _ = reply.send(result);
+        }
+    }
+}
