@@ -136,9 +136,7 @@ impl Deref for IoBufMut {
     fn deref(&self) -> &[u8] {
         // SAFETY: the range lies within the allocation and no mutable view
         // overlaps it (type invariant).
-        unsafe {
-            std::slice::from_raw_parts(self.alloc.ptr.as_ptr().add(self.start), self.len)
-        }
+        unsafe { std::slice::from_raw_parts(self.alloc.ptr.as_ptr().add(self.start), self.len) }
     }
 }
 
@@ -146,9 +144,7 @@ impl DerefMut for IoBufMut {
     fn deref_mut(&mut self) -> &mut [u8] {
         // SAFETY: the range lies within the allocation and this view is the
         // only one over it (type invariant); `&mut self` makes it exclusive.
-        unsafe {
-            std::slice::from_raw_parts_mut(self.alloc.ptr.as_ptr().add(self.start), self.len)
-        }
+        unsafe { std::slice::from_raw_parts_mut(self.alloc.ptr.as_ptr().add(self.start), self.len) }
     }
 }
 
@@ -217,9 +213,7 @@ impl Deref for IoBuf {
     fn deref(&self) -> &[u8] {
         // SAFETY: the range lies within the allocation; no mutable view
         // overlaps a shared one (an IoBufMut becomes an IoBuf only by value).
-        unsafe {
-            std::slice::from_raw_parts(self.alloc.ptr.as_ptr().add(self.start), self.len)
-        }
+        unsafe { std::slice::from_raw_parts(self.alloc.ptr.as_ptr().add(self.start), self.len) }
     }
 }
 

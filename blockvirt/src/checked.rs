@@ -61,7 +61,10 @@ impl<D: BlockDevice> Checked<D> {
         if len > info.io_bytes_max as usize {
             return Err(self.violation(
                 ErrorKind::InvalidArgument,
-                format!("{op} of {len} bytes exceeds io_bytes_max {}", info.io_bytes_max),
+                format!(
+                    "{op} of {len} bytes exceeds io_bytes_max {}",
+                    info.io_bytes_max
+                ),
             ));
         }
         self.check_range(op, offset_bytes, len as u64)

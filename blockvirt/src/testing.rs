@@ -72,10 +72,23 @@ fn assert_zero(buf: &[u8], what: &str) {
 
 async fn info_is_sane<D: BlockDevice>(dev: D) {
     let info = dev.info();
-    assert!(info.block_bytes.is_power_of_two(), "block size is a power of two");
-    assert_eq!(info.size_bytes % u64::from(info.block_bytes), 0, "size is whole blocks");
-    assert!(info.size_bytes >= 8 * MIB, "conformance needs an 8 MiB device");
-    assert!(info.io_bytes_max >= 1 << 20, "io_bytes_max allows 1 MiB transfers");
+    assert!(
+        info.block_bytes.is_power_of_two(),
+        "block size is a power of two"
+    );
+    assert_eq!(
+        info.size_bytes % u64::from(info.block_bytes),
+        0,
+        "size is whole blocks"
+    );
+    assert!(
+        info.size_bytes >= 8 * MIB,
+        "conformance needs an 8 MiB device"
+    );
+    assert!(
+        info.io_bytes_max >= 1 << 20,
+        "io_bytes_max allows 1 MiB transfers"
+    );
     assert!(!info.read_only, "conformance needs a writable device");
 }
 
@@ -104,7 +117,10 @@ async fn writes_read_back_at_the_edges<D: BlockDevice>(dev: D) {
     }
     // Earlier cases are intact after the later ones.
     let first = pattern(1, block as usize);
-    assert!(read(&dev, 0, block).await[..] == first[..], "first block intact");
+    assert!(
+        read(&dev, 0, block).await[..] == first[..],
+        "first block intact"
+    );
 }
 
 async fn fua_writes_and_flush_succeed<D: BlockDevice>(dev: D) {
@@ -118,7 +134,10 @@ async fn fua_writes_and_flush_succeed<D: BlockDevice>(dev: D) {
     write(&dev, MIB, &data, flags).await;
     dev.flush().await.expect("flush succeeds");
     dev.flush().await.expect("a second flush succeeds");
-    assert!(read(&dev, MIB, 64 << 10).await[..] == data[..], "FUA write reads back");
+    assert!(
+        read(&dev, MIB, 64 << 10).await[..] == data[..],
+        "FUA write reads back"
+    );
 }
 
 async fn write_zeroes_zeroes_only_its_range<D: BlockDevice>(dev: D) {
@@ -156,15 +175,23 @@ async fn discard_keeps_neighbours<D: BlockDevice>(dev: D) {
     let data = pattern(11, (4 * MIB) as usize);
     write(&dev, 0, &data, WriteFlags::empty()).await;
     let (offset, len) = (MIB - 8192, 2 * MIB + 4096);
-    dev.discard(ByteRange::new(offset, len)).await.expect("discard");
+    dev.discard(ByteRange::new(offset, len))
+        .await
+        .expect("discard");
     let back = read(&dev, 0, 4 * MIB).await;
-    assert!(back[..offset as usize] == data[..offset as usize], "bytes before discard intact");
+    assert!(
+        back[..offset as usize] == data[..offset as usize],
+        "bytes before discard intact"
+    );
     let end = (offset + len) as usize;
     assert!(back[end..] == data[end..], "bytes after discard intact");
     // A discarded range accepts new data.
     let fresh = pattern(12, MIB as usize);
     write(&dev, MIB, &fresh, WriteFlags::empty()).await;
-    assert!(read(&dev, MIB, MIB).await[..] == fresh[..], "rewrite after discard");
+    assert!(
+        read(&dev, MIB, MIB).await[..] == fresh[..],
+        "rewrite after discard"
+    );
 }
 
 async fn block_status_is_honest<D: BlockDevice>(dev: D) {
@@ -187,7 +214,9 @@ async fn block_status_is_honest<D: BlockDevice>(dev: D) {
                 .await
                 .expect("block_status of written range");
             assert!(
-                written.iter().all(|e| !e.status.contains(BlockStatus::ZERO)),
+                written
+                    .iter()
+                    .all(|e| !e.status.contains(BlockStatus::ZERO)),
                 "written data is not reported as zero: {written:?}"
             );
         }
@@ -199,22 +228,44 @@ async fn contract_violations_are_refused<D: BlockDevice>(dev: D) {
     let block = u64::from(info.block_bytes);
     let size = info.size_bytes;
     let (result, buf) = dev.read_at(size, IoBufMut::zeroed(block as usize)).await;
-    assert_eq!(result.unwrap_err().kind(), ErrorKind::OutOfRange, "read past the end");
+    assert_eq!(
+        result.unwrap_err().kind(),
+        ErrorKind::OutOfRange,
+        "read past the end"
+    );
     assert_eq!(buf.len(), block as usize, "buffer comes back on error");
     let (result, _) = dev
-        .write_at(size - block, IoBuf::zeroed(2 * block as usize), WriteFlags::empty())
+        .write_at(
+            size - block,
+            IoBuf::zeroed(2 * block as usize),
+            WriteFlags::empty(),
+        )
         .await;
-    assert_eq!(result.unwrap_err().kind(), ErrorKind::OutOfRange, "write across the end");
+    assert_eq!(
+        result.unwrap_err().kind(),
+        ErrorKind::OutOfRange,
+        "write across the end"
+    );
     if block > 1 {
         let (result, _) = dev.read_at(1, IoBufMut::zeroed(block as usize)).await;
-        assert_eq!(result.unwrap_err().kind(), ErrorKind::Unaligned, "unaligned read");
+        assert_eq!(
+            result.unwrap_err().kind(),
+            ErrorKind::Unaligned,
+            "unaligned read"
+        );
     }
     let err = dev
-        .write_zeroes(ByteRange::new(u64::MAX - block + 1, block), ZeroFlags::empty())
+        .write_zeroes(
+            ByteRange::new(u64::MAX - block + 1, block),
+            ZeroFlags::empty(),
+        )
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::OutOfRange, "offset overflow");
-    assert_zero(&read(&dev, size - MIB, MIB).await, "refused writes changed nothing");
+    assert_zero(
+        &read(&dev, size - MIB, MIB).await,
+        "refused writes changed nothing",
+    );
 }
 
 async fn concurrent_writes_do_not_interfere<D: BlockDevice>(dev: Arc<D>) {
@@ -235,7 +286,10 @@ async fn concurrent_writes_do_not_interfere<D: BlockDevice>(dev: Arc<D>) {
     for i in 0..32u64 {
         let data = pattern(100 + i, stride as usize);
         let at = (i * stride) as usize;
-        assert!(back[at..at + stride as usize] == data[..], "concurrent writer {i} intact");
+        assert!(
+            back[at..at + stride as usize] == data[..],
+            "concurrent writer {i} intact"
+        );
     }
 }
 
@@ -300,7 +354,10 @@ pub async fn model_run<D: BlockDevice>(dev: D, seed: u64, ops: usize) {
                 .unwrap_or_else(|e| fail(format!("op {op}: flush: {e}"))),
             _ => {
                 let (result, buf) = dev
-                    .read_at(range.offset_bytes, IoBufMut::zeroed((count * block) as usize))
+                    .read_at(
+                        range.offset_bytes,
+                        IoBufMut::zeroed((count * block) as usize),
+                    )
                     .await;
                 result.unwrap_or_else(|e| fail(format!("op {op}: read {range:?}: {e}")));
                 for i in 0..count {
@@ -311,7 +368,10 @@ pub async fn model_run<D: BlockDevice>(dev: D, seed: u64, ops: usize) {
                         Known::Unknown => true,
                     };
                     if !ok {
-                        fail(format!("op {op}: block {} differs from the model", first + i));
+                        fail(format!(
+                            "op {op}: block {} differs from the model",
+                            first + i
+                        ));
                     }
                 }
             }

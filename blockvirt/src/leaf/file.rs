@@ -94,8 +94,11 @@ impl FileDevice {
     pub fn open(path: impl AsRef<Path>, options: FileOptions) -> BlockResult<FileDevice> {
         let path = path.as_ref().to_path_buf();
         let context = || format!("open {}", path.display());
-        let (file, direct) = open_file(&path, options).map_err(|e| BlockError::from_io(context(), e))?;
-        let meta = file.metadata().map_err(|e| BlockError::from_io(context(), e))?;
+        let (file, direct) =
+            open_file(&path, options).map_err(|e| BlockError::from_io(context(), e))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| BlockError::from_io(context(), e))?;
         let block_device = meta.file_type().is_block_device();
         let raw_size = if block_device {
             block_device_size(&file).map_err(|e| BlockError::from_io(context(), e))?
@@ -113,7 +116,10 @@ impl FileDevice {
             EngineChoice::Auto => match Ring::start(file.clone(), ring_name(&path)) {
                 Ok(ring) => Engine::Uring(ring),
                 Err(e) => {
-                    tracing::warn!("io_uring unavailable for {} ({e}); using threads", path.display());
+                    tracing::warn!(
+                        "io_uring unavailable for {} ({e}); using threads",
+                        path.display()
+                    );
                     Engine::Threads
                 }
             },
@@ -123,7 +129,11 @@ impl FileDevice {
             | Caps::DISCARD
             | Caps::WRITE_ZEROES
             | Caps::FAST_ZERO
-            | if block_device { Caps::empty() } else { Caps::BLOCK_STATUS };
+            | if block_device {
+                Caps::empty()
+            } else {
+                Caps::BLOCK_STATUS
+            };
         Ok(FileDevice {
             info: DeviceInfo {
                 size_bytes,
@@ -158,12 +168,18 @@ impl FileDevice {
     }
 
     fn error(&self, op: &str, offset_bytes: u64, err: io::Error) -> BlockError {
-        BlockError::from_io(format!("{}: {op} at {offset_bytes}", self.path.display()), err)
+        BlockError::from_io(
+            format!("{}: {op} at {offset_bytes}", self.path.display()),
+            err,
+        )
     }
 
     fn check_poison(&self) -> BlockResult<()> {
         if self.poisoned.load(Ordering::Acquire) {
-            Err(BlockError::new(ErrorKind::Poisoned, self.path.display().to_string()))
+            Err(BlockError::new(
+                ErrorKind::Poisoned,
+                self.path.display().to_string(),
+            ))
         } else {
             Ok(())
         }
@@ -193,7 +209,12 @@ impl FileDevice {
         }
     }
 
-    async fn write_raw(&self, offset_bytes: u64, buf: IoBuf, dsync: bool) -> (io::Result<()>, IoBuf) {
+    async fn write_raw(
+        &self,
+        offset_bytes: u64,
+        buf: IoBuf,
+        dsync: bool,
+    ) -> (io::Result<()>, IoBuf) {
         match &self.engine {
             Engine::Uring(ring) => {
                 let (reply, done) = oneshot::channel();
@@ -304,7 +325,9 @@ impl BlockDevice for FileDevice {
         if self.direct && !buf.is_aligned() {
             // Lengths are block multiples (the contract); only the address
             // can be off, so an aligned copy of the same size suffices.
-            let (result, bounce) = self.read_raw(offset_bytes, IoBufMut::zeroed(buf.len())).await;
+            let (result, bounce) = self
+                .read_raw(offset_bytes, IoBufMut::zeroed(buf.len()))
+                .await;
             let mut buf = buf;
             buf.copy_from_slice(&bounce);
             return (result.map_err(|e| self.error("read", offset_bytes, e)), buf);
@@ -319,7 +342,9 @@ impl BlockDevice for FileDevice {
         }
         let dsync = flags.contains(WriteFlags::FUA);
         let (result, sent) = if self.direct && !buf.is_aligned() {
-            let (result, _) = self.write_raw(offset_bytes, IoBuf::copy_from(&buf), dsync).await;
+            let (result, _) = self
+                .write_raw(offset_bytes, IoBuf::copy_from(&buf), dsync)
+                .await;
             (result, buf)
         } else {
             self.write_raw(offset_bytes, buf, dsync).await
@@ -328,14 +353,20 @@ impl BlockDevice for FileDevice {
             // A failed O_DSYNC write is a failed flush of that range.
             self.poisoned.store(true, Ordering::Release);
         }
-        (result.map_err(|e| self.error("write", offset_bytes, e)), sent)
+        (
+            result.map_err(|e| self.error("write", offset_bytes, e)),
+            sent,
+        )
     }
 
     async fn flush(&self) -> BlockResult<()> {
         self.check_poison()?;
         if let Err(e) = self.fdatasync().await {
             self.poisoned.store(true, Ordering::Release);
-            tracing::error!("{}: fdatasync failed ({e}); device poisoned", self.path.display());
+            tracing::error!(
+                "{}: fdatasync failed ({e}); device poisoned",
+                self.path.display()
+            );
             return Err(self.error("fdatasync", 0, e));
         }
         Ok(())
@@ -344,7 +375,10 @@ impl BlockDevice for FileDevice {
     async fn discard(&self, range: ByteRange) -> BlockResult<()> {
         self.check_poison()?;
         let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
-        match self.fallocate(mode, range.offset_bytes, range.len_bytes).await {
+        match self
+            .fallocate(mode, range.offset_bytes, range.len_bytes)
+            .await
+        {
             // Discard is advisory: a filesystem without hole punching keeps the data.
             Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(()),
             result => result.map_err(|e| self.error("discard", range.offset_bytes, e)),
@@ -358,7 +392,10 @@ impl BlockDevice for FileDevice {
         } else {
             libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE
         };
-        match self.fallocate(mode, range.offset_bytes, range.len_bytes).await {
+        match self
+            .fallocate(mode, range.offset_bytes, range.len_bytes)
+            .await
+        {
             Ok(()) => Ok(()),
             Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
                 if flags.contains(ZeroFlags::FAST) {
@@ -400,7 +437,10 @@ fn open_file(path: &Path, options: FileOptions) -> io::Result<(File, bool)> {
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
             Err(e) => return Err(e),
         }
-        tracing::info!("{}: O_DIRECT refused by the filesystem; using buffered I/O", path.display());
+        tracing::info!(
+            "{}: O_DIRECT refused by the filesystem; using buffered I/O",
+            path.display()
+        );
     }
     Ok((open.open(path)?, false))
 }
@@ -448,7 +488,11 @@ fn seek_status(file: &File, range: ByteRange) -> io::Result<Vec<StatusExtent>> {
         };
         let data = data - data % block;
         if data > offset {
-            push_status(&mut extents, data - offset, BlockStatus::HOLE | BlockStatus::ZERO);
+            push_status(
+                &mut extents,
+                data - offset,
+                BlockStatus::HOLE | BlockStatus::ZERO,
+            );
             offset = data;
             continue;
         }
@@ -457,7 +501,9 @@ fn seek_status(file: &File, range: ByteRange) -> io::Result<Vec<StatusExtent>> {
         if hole < 0 {
             return Err(io::Error::last_os_error());
         }
-        let hole = (hole as u64).next_multiple_of(block).clamp(offset + block, end);
+        let hole = (hole as u64)
+            .next_multiple_of(block)
+            .clamp(offset + block, end);
         push_status(&mut extents, hole - offset, BlockStatus::empty());
         offset = hole;
     }
@@ -465,7 +511,10 @@ fn seek_status(file: &File, range: ByteRange) -> io::Result<Vec<StatusExtent>> {
 }
 
 fn ring_name(path: &Path) -> String {
-    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
     let mut thread = format!("uring-{name}");
     thread.truncate(15); // Linux thread names hold 15 bytes.
     thread

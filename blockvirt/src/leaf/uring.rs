@@ -278,8 +278,7 @@ impl RingThread {
 
     fn complete(&mut self, slot: usize, result: i32) {
         let mut in_flight = self.slots[slot].take().expect("completion for a live slot");
-        let outcome: Option<io::Result<()>> = if result == -libc::EINTR || result == -libc::EAGAIN
-        {
+        let outcome: Option<io::Result<()>> = if result == -libc::EINTR || result == -libc::EAGAIN {
             None // retry as is
         } else if result < 0 {
             Some(Err(io::Error::from_raw_os_error(-result)))

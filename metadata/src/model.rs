@@ -1,0 +1,221 @@
+//! The records the metadata service keeps, and how they are keyed.
+//!
+//! Vocabulary is LVM's: a PV (physical volume) is a backing device split
+//! into PEs (physical extents); a VG (volume group) pools PVs; an LV
+//! (logical volume) is a virtual disk whose logical extents map to PEs.
+//! Records are encoded with postcard behind a one-byte format version;
+//! keys are big-endian ids so scans come back in id order.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::error::{MetaError, MetaResult};
+
+pub type PvId = u64;
+pub type VgId = u64;
+pub type LvId = u64;
+
+/// Bits in [`ExtentEntry::written`]: an extent is tracked in 64 chunks.
+pub const CHUNKS_PER_EXTENT: u64 = 64;
+
+/// Default extent size (LVM's default PE size is also 4 MiB).
+pub const DEFAULT_EXTENT_BYTES: u64 = 4 << 20;
+/// Smallest extent: a 4 KiB chunk, the I/O block size.
+pub const MIN_EXTENT_BYTES: u64 = 256 << 10;
+/// Largest extent: keeps a chunk (extent / 64) at 1 MiB or less, so first
+/// writes into a chunk do not amplify much.
+pub const MAX_EXTENT_BYTES: u64 = 64 << 20;
+
+/// Where a PV's extents start: the first MiB holds the label.
+pub const PV_DATA_OFFSET_BYTES: u64 = 1 << 20;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PvRecord {
+    pub id: PvId,
+    pub uuid: Uuid,
+    pub path: PathBuf,
+    pub size_bytes: u64,
+    pub data_offset_bytes: u64,
+    /// The VG this PV belongs to, and its PE count in that VG's extent size.
+    pub vg: Option<VgId>,
+    pub pe_count: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VgRecord {
+    pub id: VgId,
+    pub uuid: Uuid,
+    pub name: String,
+    pub extent_bytes: u64,
+}
+
+impl VgRecord {
+    /// The thin-map chunk: the unit of "written" tracking within an extent.
+    pub fn chunk_bytes(&self) -> u64 {
+        self.extent_bytes / CHUNKS_PER_EXTENT
+    }
+}
+
+/// How an LV's extents are laid out over PVs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Layout {
+    /// One PE per extent.
+    Linear,
+}
+
+impl Layout {
+    /// PEs per extent (each on a distinct PV).
+    pub fn legs(self) -> usize {
+        match self {
+            Layout::Linear => 1,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Layout::Linear => "linear",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LvRecord {
+    pub id: LvId,
+    pub uuid: Uuid,
+    pub vg: VgId,
+    pub name: String,
+    pub size_bytes: u64,
+    /// Thin LVs get extents on first write; thick ones at creation.
+    pub thin: bool,
+    pub layout: Layout,
+    /// Bumped at every lease grant; a commit carrying an older epoch is fenced.
+    pub epoch: u64,
+}
+
+/// A physical extent: PE number `pe` on PV `pv`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PeAddr {
+    pub pv: PvId,
+    pub pe: u64,
+}
+
+/// Where one logical extent lives: one PE per leg of the LV's layout, each
+/// on a distinct PV.
+pub type Placement = Vec<PeAddr>;
+
+/// A mapped logical extent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExtentEntry {
+    pub placement: Placement,
+    /// Bit i set: chunk i holds written data. Clear chunks read as zeroes,
+    /// whatever the PE holds (a PE may hold another LV's old data).
+    pub written: u64,
+}
+
+pub(crate) const FORMAT_VERSION: u8 = 1;
+
+pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut out = vec![FORMAT_VERSION];
+    out.extend(postcard::to_stdvec(value).expect("records always serialize"));
+    out
+}
+
+pub(crate) fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8], what: &str) -> MetaResult<T> {
+    match bytes.split_first() {
+        Some((&FORMAT_VERSION, body)) => {
+            postcard::from_bytes(body).map_err(|e| MetaError::Corrupt(format!("{what}: {e}")))
+        }
+        Some((version, _)) => Err(MetaError::Corrupt(format!(
+            "{what}: unknown format version {version}"
+        ))),
+        None => Err(MetaError::Corrupt(format!("{what}: empty record"))),
+    }
+}
+
+pub(crate) fn id_key(id: u64) -> Vec<u8> {
+    id.to_be_bytes().to_vec()
+}
+
+pub(crate) fn pair_key(a: u64, b: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(16);
+    key.extend_from_slice(&a.to_be_bytes());
+    key.extend_from_slice(&b.to_be_bytes());
+    key
+}
+
+pub(crate) fn split_pair_key(key: &[u8]) -> MetaResult<(u64, u64)> {
+    if key.len() != 16 {
+        return Err(MetaError::Corrupt(format!(
+            "key of {} bytes, expected 16",
+            key.len()
+        )));
+    }
+    let a = u64::from_be_bytes(key[..8].try_into().expect("8 bytes"));
+    let b = u64::from_be_bytes(key[8..].try_into().expect("8 bytes"));
+    Ok((a, b))
+}
+
+/// LVM's naming rule: letters, digits and `+_.-`, not starting with `-`,
+/// not `.` or `..`, at most 127 bytes.
+pub fn validate_name(kind: &str, name: &str) -> MetaResult<()> {
+    let valid = !name.is_empty()
+        && name.len() <= 127
+        && !name.starts_with('-')
+        && name != "."
+        && name != ".."
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+_.-".contains(c));
+    if valid {
+        Ok(())
+    } else {
+        Err(MetaError::InvalidArgument(format!(
+            "invalid {kind} name \"{name}\": use letters, digits and +_.- (not starting with -), at most 127 characters"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_reject_unknown_versions() {
+        let entry = ExtentEntry {
+            placement: vec![PeAddr { pv: 3, pe: 17 }],
+            written: 0b1011,
+        };
+        let bytes = encode(&entry);
+        assert_eq!(decode::<ExtentEntry>(&bytes, "extent").unwrap(), entry);
+        let mut future = bytes.clone();
+        future[0] = 9;
+        assert!(matches!(
+            decode::<ExtentEntry>(&future, "extent"),
+            Err(MetaError::Corrupt(_))
+        ));
+        assert!(matches!(
+            decode::<ExtentEntry>(&[], "extent"),
+            Err(MetaError::Corrupt(_))
+        ));
+    }
+
+    #[test]
+    fn pair_keys_sort_by_first_then_second() {
+        let mut keys = vec![pair_key(2, 0), pair_key(1, 300), pair_key(1, 2)];
+        keys.sort();
+        assert_eq!(keys, vec![pair_key(1, 2), pair_key(1, 300), pair_key(2, 0)]);
+        assert_eq!(split_pair_key(&pair_key(7, 9)).unwrap(), (7, 9));
+    }
+
+    #[test]
+    fn names_follow_lvm_rules() {
+        for ok in ["vg0", "data_1", "a.b+c-d", "X"] {
+            validate_name("LV", ok).unwrap();
+        }
+        for bad in ["", "-x", ".", "..", "a/b", "sp ace", &"x".repeat(128)] {
+            assert!(validate_name("LV", bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! Data-path operations: leases, reservations, map commits.
+//!
+//! Invariants the checks below keep:
+//! - a PE is in exactly one of: free, reserved (for one LV), mapped (by one
+//!   logical extent);
+//! - only the current lease holder (matching epoch, unexpired) reserves or
+//!   commits;
+//! - a newly mapped PE must come from the committing LV's reservations, so a
+//!   holder can never map another LV's extent into its own.
+
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+use super::{extents_for, Lease, Service, State};
+use crate::error::{MetaError, MetaResult};
+use crate::lease::{LeaseGrant, LeaseToken, MapChange};
+use crate::model::{
+    decode, encode, id_key, pair_key, split_pair_key, ExtentEntry, LvRecord, PeAddr, Placement,
+};
+use crate::store::{Change, Table};
+
+impl Service {
+    pub fn acquire(&self, vg_name: &str, lv_name: &str, holder: &str) -> MetaResult<LeaseGrant> {
+        let mut st = self.state.lock();
+        let lv = st.lv_by_name(vg_name, lv_name)?.record.clone();
+        let vg = st.vg_by_name(vg_name)?.clone();
+        if let Some(lease) = st.live_lease(lv.id) {
+            return Err(MetaError::Busy(format!(
+                "logical volume \"{vg_name}/{lv_name}\" is in use by {}",
+                lease.holder
+            )));
+        }
+        // A new epoch fences any earlier holder; its reservations come back.
+        let orphaned = st.reservations_of(lv.id);
+        let granted = LvRecord {
+            epoch: lv.epoch + 1,
+            ..lv
+        };
+        let mut changes = vec![Change::Put(
+            Table::Lvs,
+            id_key(granted.id),
+            encode(&granted),
+        )];
+        changes.extend(
+            orphaned
+                .iter()
+                .map(|a| Change::Delete(Table::Reservations, pair_key(a.pv, a.pe))),
+        );
+        self.store.write(changes)?;
+        for addr in orphaned {
+            st.reservations.remove(&addr);
+            st.alloc.free(addr);
+        }
+        st.lvs.get_mut(&granted.id).expect("LV exists").record = granted.clone();
+        st.leases.insert(
+            granted.id,
+            Lease {
+                epoch: granted.epoch,
+                holder: holder.to_string(),
+                expires: Instant::now() + self.lease_duration,
+            },
+        );
+        let mut map = Vec::new();
+        for (key, value) in self
+            .store
+            .scan_prefix(Table::Extents, &id_key(granted.id))?
+        {
+            let (_, le) = split_pair_key(&key)?;
+            map.push((le, decode(&value, "extent entry")?));
+        }
+        Ok(LeaseGrant {
+            token: LeaseToken {
+                lv: granted.id,
+                epoch: granted.epoch,
+            },
+            lv: granted,
+            vg,
+            map,
+            duration: self.lease_duration,
+        })
+    }
+
+    pub fn renew(&self, token: LeaseToken) -> MetaResult<LvRecord> {
+        let mut st = self.state.lock();
+        check_lease(&st, token)?;
+        let expires = Instant::now() + self.lease_duration;
+        st.leases.get_mut(&token.lv).expect("checked").expires = expires;
+        Ok(st.lvs[&token.lv].record.clone())
+    }
+
+    pub fn reserve(&self, token: LeaseToken, extents: usize) -> MetaResult<Vec<Placement>> {
+        let mut st = self.state.lock();
+        check_lease(&st, token)?;
+        let lv = st.lvs[&token.lv].record.clone();
+        let pvs = st.vg_pvs(lv.vg);
+        let placements: Vec<Placement> = (0..extents)
+            .map_while(|_| st.alloc.allocate(&pvs, lv.layout.legs()))
+            .collect();
+        let changes: Vec<Change> = placements
+            .iter()
+            .flatten()
+            .map(|a| Change::Put(Table::Reservations, pair_key(a.pv, a.pe), encode(&lv.id)))
+            .collect();
+        if changes.is_empty() {
+            return Ok(placements);
+        }
+        if let Err(e) = self.store.write(changes) {
+            for addr in placements.iter().flatten() {
+                st.alloc.free(*addr);
+            }
+            return Err(e);
+        }
+        for addr in placements.iter().flatten() {
+            st.reservations.insert(*addr, lv.id);
+        }
+        Ok(placements)
+    }
+
+    pub fn commit(&self, token: LeaseToken, changes: Vec<MapChange>) -> MetaResult<()> {
+        let mut st = self.state.lock();
+        check_lease(&st, token)?;
+        let lv = st.lvs[&token.lv].record.clone();
+        let extent_bytes = st.vgs[&lv.vg].extent_bytes;
+        let extents = extents_for(lv.size_bytes, extent_bytes);
+        let mut batch = Vec::new();
+        let mut claimed: BTreeSet<PeAddr> = BTreeSet::new();
+        let mut freed: Vec<PeAddr> = Vec::new();
+        let mut mapped_delta: i64 = 0;
+        let mut seen = BTreeSet::new();
+        for change in changes {
+            if change.le >= extents || !seen.insert(change.le) {
+                return Err(MetaError::InvalidArgument(format!(
+                    "commit for LV id {}: extent {} is out of range or repeated",
+                    lv.id, change.le
+                )));
+            }
+            let key = pair_key(lv.id, change.le);
+            let old: Option<ExtentEntry> = match self.store.get(Table::Extents, &key)? {
+                Some(bytes) => Some(decode(&bytes, "extent entry")?),
+                None => None,
+            };
+            let old_pes: Vec<PeAddr> = old
+                .as_ref()
+                .map(|e| e.placement.clone())
+                .unwrap_or_default();
+            match &change.entry {
+                None if !lv.thin => {
+                    return Err(MetaError::InvalidArgument(format!(
+                        "commit for LV id {}: extents of a thick LV cannot be unmapped",
+                        lv.id
+                    )))
+                }
+                None => {
+                    freed.extend(&old_pes);
+                    if old.is_some() {
+                        mapped_delta -= 1;
+                        batch.push(Change::Delete(Table::Extents, key));
+                    }
+                }
+                Some(entry) => {
+                    let distinct: BTreeSet<u64> = entry.placement.iter().map(|a| a.pv).collect();
+                    if entry.placement.len() != lv.layout.legs()
+                        || distinct.len() != entry.placement.len()
+                    {
+                        return Err(MetaError::InvalidArgument(format!(
+                            "commit for LV id {}: extent {} needs {} PEs on distinct PVs",
+                            lv.id,
+                            change.le,
+                            lv.layout.legs()
+                        )));
+                    }
+                    for addr in &entry.placement {
+                        if old_pes.contains(addr) {
+                            continue;
+                        }
+                        if st.reservations.get(addr) != Some(&lv.id) || !claimed.insert(*addr) {
+                            return Err(MetaError::InvalidArgument(format!(
+                                "commit for LV id {}: PE {} of PV id {} was not reserved for it",
+                                lv.id, addr.pe, addr.pv
+                            )));
+                        }
+                        batch.push(Change::Delete(
+                            Table::Reservations,
+                            pair_key(addr.pv, addr.pe),
+                        ));
+                    }
+                    freed.extend(old_pes.iter().filter(|a| !entry.placement.contains(a)));
+                    if old.is_none() {
+                        mapped_delta += 1;
+                    }
+                    batch.push(Change::Put(Table::Extents, key, encode(entry)));
+                }
+            }
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.store.write(batch)?;
+        for addr in claimed {
+            st.reservations.remove(&addr);
+        }
+        for addr in freed {
+            st.alloc.free(addr);
+        }
+        let state = st.lvs.get_mut(&lv.id).expect("LV exists");
+        state.mapped_extents = state
+            .mapped_extents
+            .checked_add_signed(mapped_delta)
+            .expect("mapped count stays positive");
+        Ok(())
+    }
+
+    pub fn release(&self, token: LeaseToken, unused: Vec<Placement>) -> MetaResult<()> {
+        let mut st = self.state.lock();
+        check_lease(&st, token)?;
+        let returned: Vec<PeAddr> = unused
+            .into_iter()
+            .flatten()
+            .filter(|a| st.reservations.get(a) == Some(&token.lv))
+            .collect();
+        if !returned.is_empty() {
+            self.store.write(
+                returned
+                    .iter()
+                    .map(|a| Change::Delete(Table::Reservations, pair_key(a.pv, a.pe)))
+                    .collect(),
+            )?;
+        }
+        for addr in returned {
+            st.reservations.remove(&addr);
+            st.alloc.free(addr);
+        }
+        st.leases.remove(&token.lv);
+        Ok(())
+    }
+
+    /// Returns every reservation to the free pool. Only safe when no data
+    /// server can still hold a lease: the embedded server calls it at start.
+    pub fn reclaim_all_reservations(&self) -> MetaResult<usize> {
+        let mut st = self.state.lock();
+        let all: Vec<PeAddr> = st.reservations.keys().copied().collect();
+        if all.is_empty() {
+            return Ok(0);
+        }
+        self.store.write(
+            all.iter()
+                .map(|a| Change::Delete(Table::Reservations, pair_key(a.pv, a.pe)))
+                .collect(),
+        )?;
+        for addr in &all {
+            st.reservations.remove(addr);
+            st.alloc.free(*addr);
+        }
+        Ok(all.len())
+    }
+}
+
+fn check_lease(st: &State, token: LeaseToken) -> MetaResult<()> {
+    let current = st.lvs.get(&token.lv).map(|lv| lv.record.epoch);
+    match (st.leases.get(&token.lv), current) {
+        (Some(lease), Some(epoch)) if lease.epoch == token.epoch && epoch == token.epoch => {
+            if lease.expires > Instant::now() {
+                Ok(())
+            } else {
+                Err(MetaError::Fenced(format!(
+                    "lease on LV id {} (epoch {}) expired",
+                    token.lv, token.epoch
+                )))
+            }
+        }
+        _ => Err(MetaError::Fenced(format!(
+            "lease on LV id {} (epoch {}) is not current",
+            token.lv, token.epoch
+        ))),
+    }
+}

@@ -1,0 +1,133 @@
+//! Reports for `pvs`, `vgs` and `lvs`: records plus derived usage.
+
+use serde::{Deserialize, Serialize};
+
+use super::{extents_for, Service};
+use crate::model::{Layout, LvRecord, PvRecord, VgRecord};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PvReport {
+    pub record: PvRecord,
+    pub vg_name: Option<String>,
+    pub pe_count: u64,
+    /// PEs mapped or reserved.
+    pub pe_alloc: u64,
+    pub extent_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VgReport {
+    pub record: VgRecord,
+    pub pv_count: usize,
+    pub lv_count: usize,
+    pub pe_count: u64,
+    pub pe_free: u64,
+    /// Sum of LV sizes, which may exceed the VG's size (thin overcommit).
+    pub lv_size_bytes: u64,
+}
+
+impl VgReport {
+    pub fn size_bytes(&self) -> u64 {
+        self.pe_count * self.record.extent_bytes
+    }
+
+    pub fn free_bytes(&self) -> u64 {
+        self.pe_free * self.record.extent_bytes
+    }
+
+    /// How full the pool is: allocated extents over all extents.
+    pub fn data_percent(&self) -> f64 {
+        percent(self.pe_count - self.pe_free, self.pe_count)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LvReport {
+    pub record: LvRecord,
+    pub vg_name: String,
+    pub extent_bytes: u64,
+    pub extent_count: u64,
+    pub mapped_extents: u64,
+    /// A data server holds the lease (the LV is open).
+    pub open_by: Option<String>,
+}
+
+impl LvReport {
+    /// Share of the LV's extents that are allocated (100 for thick LVs).
+    pub fn data_percent(&self) -> f64 {
+        percent(self.mapped_extents, self.extent_count)
+    }
+
+    pub fn layout(&self) -> Layout {
+        self.record.layout
+    }
+}
+
+fn percent(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 * 100.0 / whole as f64
+    }
+}
+
+impl Service {
+    pub fn pv_reports(&self) -> Vec<PvReport> {
+        let st = self.state.lock();
+        st.pvs
+            .values()
+            .map(|pv| {
+                let vg = pv.vg.map(|id| &st.vgs[&id]);
+                PvReport {
+                    record: pv.clone(),
+                    vg_name: vg.map(|v| v.name.clone()),
+                    pe_count: pv.pe_count,
+                    pe_alloc: pv.pe_count - st.alloc.free_pes(pv.id),
+                    extent_bytes: vg.map(|v| v.extent_bytes),
+                }
+            })
+            .collect()
+    }
+
+    pub fn vg_reports(&self) -> Vec<VgReport> {
+        let st = self.state.lock();
+        st.vgs
+            .values()
+            .map(|vg| {
+                let pvs = st.vg_pvs(vg.id);
+                let lvs: Vec<&LvRecord> = st
+                    .lvs
+                    .values()
+                    .map(|s| &s.record)
+                    .filter(|lv| lv.vg == vg.id)
+                    .collect();
+                VgReport {
+                    record: vg.clone(),
+                    pv_count: pvs.len(),
+                    lv_count: lvs.len(),
+                    pe_count: pvs.iter().map(|pv| st.alloc.pe_count(*pv)).sum(),
+                    pe_free: pvs.iter().map(|pv| st.alloc.free_pes(*pv)).sum(),
+                    lv_size_bytes: lvs.iter().map(|lv| lv.size_bytes).sum(),
+                }
+            })
+            .collect()
+    }
+
+    pub fn lv_reports(&self) -> Vec<LvReport> {
+        let st = self.state.lock();
+        st.lvs
+            .values()
+            .map(|lv| {
+                let vg = &st.vgs[&lv.record.vg];
+                LvReport {
+                    record: lv.record.clone(),
+                    vg_name: vg.name.clone(),
+                    extent_bytes: vg.extent_bytes,
+                    extent_count: extents_for(lv.record.size_bytes, vg.extent_bytes),
+                    mapped_extents: lv.mapped_extents,
+                    open_by: st.live_lease(lv.record.id).map(|l| l.holder.clone()),
+                }
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,136 @@
+//! The key-value store under the metadata service.
+//!
+//! The service needs little from its store: point reads, ordered prefix
+//! scans, and atomic batches that are durable when `write` returns. That is
+//! [`KvStore`]; [`RocksStore`] implements it on RocksDB with one column
+//! family per [`Table`]. A distributed engine (etcd, TiKV) can implement the
+//! same trait later without the service changing.
+//!
+//! Crash rule: a batch is either wholly in the store after a crash or not at
+//! all (RocksDB's WAL with `sync = true`), and `write` returns only after
+//! the WAL is on stable storage.
+
+use std::path::Path;
+
+use rocksdb::{ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
+
+use crate::error::{MetaError, MetaResult};
+
+/// The tables of the metadata store (RocksDB column families).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Table {
+    /// Counters and format version.
+    Meta,
+    Pvs,
+    Vgs,
+    Lvs,
+    /// (lv id, logical extent) -> extent entry.
+    Extents,
+    /// (pv id, pe) -> lv id: extents handed to a lease holder, not yet mapped.
+    Reservations,
+}
+
+impl Table {
+    pub const ALL: [Table; 6] = [
+        Table::Meta,
+        Table::Pvs,
+        Table::Vgs,
+        Table::Lvs,
+        Table::Extents,
+        Table::Reservations,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Table::Meta => "meta",
+            Table::Pvs => "pvs",
+            Table::Vgs => "vgs",
+            Table::Lvs => "lvs",
+            Table::Extents => "extents",
+            Table::Reservations => "reservations",
+        }
+    }
+}
+
+/// One change in an atomic batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Put(Table, Vec<u8>, Vec<u8>),
+    Delete(Table, Vec<u8>),
+}
+
+/// What the metadata service needs from a store.
+pub trait KvStore: Send + Sync + 'static {
+    fn get(&self, table: Table, key: &[u8]) -> MetaResult<Option<Vec<u8>>>;
+    /// Every (key, value) whose key starts with `prefix`, in key order.
+    fn scan_prefix(&self, table: Table, prefix: &[u8]) -> MetaResult<Vec<(Vec<u8>, Vec<u8>)>>;
+    /// Applies all changes atomically; durable when it returns.
+    fn write(&self, changes: Vec<Change>) -> MetaResult<()>;
+}
+
+/// The embedded store: RocksDB in a directory of the data dir.
+pub struct RocksStore {
+    db: DB,
+}
+
+impl RocksStore {
+    pub fn open(path: &Path) -> MetaResult<RocksStore> {
+        let mut options = Options::default();
+        options.create_if_missing(true);
+        options.create_missing_column_families(true);
+        // Metadata is small; a modest write buffer keeps memory and
+        // recovery time low.
+        options.set_write_buffer_size(16 << 20);
+        let families = Table::ALL
+            .iter()
+            .map(|t| ColumnFamilyDescriptor::new(t.name(), Options::default()));
+        let db = DB::open_cf_descriptors(&options, path, families)
+            .map_err(|e| MetaError::Store(format!("open {}: {e}", path.display())))?;
+        Ok(RocksStore { db })
+    }
+
+    fn cf(&self, table: Table) -> MetaResult<&rocksdb::ColumnFamily> {
+        self.db
+            .cf_handle(table.name())
+            .ok_or_else(|| MetaError::Store(format!("column family {} missing", table.name())))
+    }
+}
+
+impl KvStore for RocksStore {
+    fn get(&self, table: Table, key: &[u8]) -> MetaResult<Option<Vec<u8>>> {
+        self.db
+            .get_cf(self.cf(table)?, key)
+            .map_err(|e| MetaError::Store(e.to_string()))
+    }
+
+    fn scan_prefix(&self, table: Table, prefix: &[u8]) -> MetaResult<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out = Vec::new();
+        let iter = self.db.iterator_cf(
+            self.cf(table)?,
+            rocksdb::IteratorMode::From(prefix, rocksdb::Direction::Forward),
+        );
+        for item in iter {
+            let (key, value) = item.map_err(|e| MetaError::Store(e.to_string()))?;
+            if !key.starts_with(prefix) {
+                break;
+            }
+            out.push((key.into_vec(), value.into_vec()));
+        }
+        Ok(out)
+    }
+
+    fn write(&self, changes: Vec<Change>) -> MetaResult<()> {
+        let mut batch = WriteBatch::default();
+        for change in changes {
+            match change {
+                Change::Put(table, key, value) => batch.put_cf(self.cf(table)?, key, value),
+                Change::Delete(table, key) => batch.delete_cf(self.cf(table)?, key),
+            }
+        }
+        let mut options = WriteOptions::default();
+        options.set_sync(true);
+        self.db
+            .write_opt(batch, &options)
+            .map_err(|e| MetaError::Store(e.to_string()))
+    }
+}

@@ -1,0 +1,316 @@
+//! The metadata service over a real RocksDB: lifecycles, allocation,
+//! leases and fencing, atomicity of refused operations, and durability
+//! across reopen.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use metadata::{ExtentEntry, MapChange, MetaError, Service};
+use uuid::Uuid;
+
+const MIB: u64 = 1 << 20;
+const EXTENT: u64 = 4 * MIB;
+
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        Fixture {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn open(&self) -> Service {
+        Service::open_rocksdb(&self.dir.path().join("meta")).unwrap()
+    }
+
+    fn pv_path(&self, n: usize) -> PathBuf {
+        self.dir.path().join(format!("pv{n}"))
+    }
+}
+
+/// A service with `pvs` PVs of `pes` extents each, in VG "vg".
+fn pool(fx: &Fixture, pvs: usize, pes: u64) -> Service {
+    let svc = fx.open();
+    let paths: Vec<PathBuf> = (0..pvs).map(|n| fx.pv_path(n)).collect();
+    for path in &paths {
+        svc.create_pv(path, Uuid::new_v4(), MIB + pes * EXTENT)
+            .unwrap();
+    }
+    svc.create_vg("vg", &paths, EXTENT).unwrap();
+    svc
+}
+
+fn vg_free(svc: &Service) -> u64 {
+    svc.vg_reports()[0].pe_free
+}
+
+#[test]
+fn lifecycle_persists_across_reopen() {
+    let fx = Fixture::new();
+    {
+        let svc = pool(&fx, 2, 10);
+        svc.create_lv("vg", "thin", 100 * MIB, true).unwrap();
+        svc.create_lv("vg", "thick", 10 * MIB, false).unwrap();
+        assert_eq!(vg_free(&svc), 20 - 3, "thick LV of 10 MiB takes 3 extents");
+    }
+    let svc = fx.open();
+    let lvs = svc.lv_reports();
+    assert_eq!(lvs.len(), 2);
+    let thick = lvs.iter().find(|l| l.record.name == "thick").unwrap();
+    assert_eq!(
+        thick.record.size_bytes,
+        12 * MIB,
+        "size rounds up to whole extents"
+    );
+    assert_eq!(thick.mapped_extents, 3);
+    assert_eq!(thick.data_percent(), 100.0);
+    let thin = lvs.iter().find(|l| l.record.name == "thin").unwrap();
+    assert_eq!(thin.mapped_extents, 0);
+    assert_eq!(vg_free(&svc), 17);
+    svc.remove_lv("vg", "thick").unwrap();
+    svc.remove_lv("vg", "thin").unwrap();
+    assert_eq!(vg_free(&svc), 20);
+    svc.remove_vg("vg").unwrap();
+    svc.remove_pv(&fx.pv_path(0)).unwrap();
+    assert_eq!(svc.pv_reports().len(), 1);
+}
+
+#[test]
+fn refused_operations_change_nothing() {
+    let fx = Fixture::new();
+    let svc = pool(&fx, 1, 4);
+    let before = (svc.pv_reports(), svc.vg_reports(), svc.lv_reports());
+    let other = fx.pv_path(9);
+    svc.create_pv(&other, Uuid::new_v4(), MIB + 4 * EXTENT)
+        .unwrap();
+    let before_pv = svc.pv_reports();
+
+    let err = svc.create_lv("vg", "big", 5 * EXTENT, false).unwrap_err();
+    assert!(matches!(err, MetaError::NoSpace(_)), "{err}");
+    assert!(err.to_string().contains("insufficient free space"), "{err}");
+    assert!(matches!(
+        svc.create_lv("vg", "bad/name", MIB, true),
+        Err(MetaError::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        svc.create_lv("nope", "x", MIB, true),
+        Err(MetaError::NotFound(_))
+    ));
+    assert!(matches!(
+        svc.create_lv("vg", "zero", 0, true),
+        Err(MetaError::InvalidArgument(_))
+    ));
+    // A VG naming one free PV and one taken PV is refused as a whole.
+    let err = svc
+        .create_vg("vg2", &[other.clone(), fx.pv_path(0)], EXTENT)
+        .unwrap_err();
+    assert!(matches!(err, MetaError::Busy(_)), "{err}");
+    assert!(matches!(
+        svc.create_vg("vg", std::slice::from_ref(&other), EXTENT),
+        Err(MetaError::AlreadyExists(_))
+    ));
+    assert!(matches!(
+        svc.create_vg("vg3", std::slice::from_ref(&other), 3 * MIB),
+        Err(MetaError::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        svc.remove_pv(&fx.pv_path(0)),
+        Err(MetaError::Busy(_))
+    ));
+    assert!(matches!(
+        svc.create_pv(&other, Uuid::new_v4(), 8 * MIB),
+        Err(MetaError::AlreadyExists(_))
+    ));
+    assert!(matches!(
+        svc.create_pv(Path::new("/tiny"), Uuid::new_v4(), MIB),
+        Err(MetaError::InvalidArgument(_))
+    ));
+
+    assert_eq!(svc.pv_reports(), before_pv);
+    assert_eq!(svc.vg_reports(), before.1);
+    assert_eq!(svc.lv_reports(), before.2);
+}
+
+#[test]
+fn extend_grows_thick_lvs_all_or_nothing() {
+    let fx = Fixture::new();
+    let svc = pool(&fx, 1, 4);
+    svc.create_lv("vg", "lv", EXTENT, false).unwrap();
+    let err = svc.extend_lv("vg", "lv", 5 * EXTENT).unwrap_err();
+    assert!(matches!(err, MetaError::NoSpace(_)));
+    assert_eq!(vg_free(&svc), 3, "failed extend allocated nothing");
+    let grown = svc.extend_lv("vg", "lv", 3 * EXTENT).unwrap();
+    assert_eq!(grown.size_bytes, 3 * EXTENT);
+    assert_eq!(vg_free(&svc), 1);
+    assert!(matches!(
+        svc.extend_lv("vg", "lv", 2 * EXTENT),
+        Err(MetaError::InvalidArgument(_))
+    ));
+}
+
+#[test]
+fn leases_reserve_commit_and_fence() {
+    let fx = Fixture::new();
+    let svc = pool(&fx, 2, 4).with_lease_duration(Duration::from_millis(300));
+    svc.create_lv("vg", "lv", 6 * EXTENT, true).unwrap();
+    let grant = svc.acquire("vg", "lv", "server-a").unwrap();
+    assert!(grant.map.is_empty());
+    assert!(matches!(
+        svc.acquire("vg", "lv", "server-b"),
+        Err(MetaError::Busy(_))
+    ));
+    assert!(matches!(svc.remove_lv("vg", "lv"), Err(MetaError::Busy(_))));
+    assert_eq!(svc.lv_reports()[0].open_by.as_deref(), Some("server-a"));
+
+    let reserved = svc.reserve(grant.token, 3).unwrap();
+    assert_eq!(reserved.len(), 3);
+    assert_eq!(vg_free(&svc), 5, "reservations are not free");
+    let entry = |i: usize| ExtentEntry {
+        placement: reserved[i].clone(),
+        written: 1,
+    };
+    svc.commit(
+        grant.token,
+        vec![
+            MapChange {
+                le: 0,
+                entry: Some(entry(0)),
+            },
+            MapChange {
+                le: 5,
+                entry: Some(entry(1)),
+            },
+        ],
+    )
+    .unwrap();
+    assert_eq!(svc.lv_reports()[0].mapped_extents, 2);
+
+    // Out of range, repeated, and unreserved placements are refused.
+    assert!(matches!(
+        svc.commit(
+            grant.token,
+            vec![MapChange {
+                le: 6,
+                entry: Some(entry(2))
+            }]
+        ),
+        Err(MetaError::InvalidArgument(_))
+    ));
+    assert!(
+        matches!(
+            svc.commit(
+                grant.token,
+                vec![MapChange {
+                    le: 1,
+                    entry: Some(entry(0))
+                }]
+            ),
+            Err(MetaError::InvalidArgument(_))
+        ),
+        "a PE mapped elsewhere cannot be claimed again"
+    );
+    assert!(matches!(
+        svc.commit(
+            grant.token,
+            vec![
+                MapChange {
+                    le: 1,
+                    entry: Some(entry(2))
+                },
+                MapChange { le: 1, entry: None }
+            ]
+        ),
+        Err(MetaError::InvalidArgument(_))
+    ));
+
+    // Unmapping returns the PE to the pool at once.
+    svc.commit(grant.token, vec![MapChange { le: 5, entry: None }])
+        .unwrap();
+    assert_eq!(svc.lv_reports()[0].mapped_extents, 1);
+    assert_eq!(vg_free(&svc), 6);
+
+    // Once the lease lapses, a new holder fences the old one and gets the
+    // old holder's reservation back.
+    std::thread::sleep(Duration::from_millis(400));
+    assert!(matches!(svc.renew(grant.token), Err(MetaError::Fenced(_))));
+    let second = svc.acquire("vg", "lv", "server-b").unwrap();
+    assert!(second.token.epoch > grant.token.epoch);
+    assert_eq!(second.map.len(), 1);
+    assert_eq!(second.map[0].0, 0);
+    assert_eq!(vg_free(&svc), 7, "the stale reservation was reclaimed");
+    assert!(matches!(
+        svc.commit(grant.token, vec![MapChange { le: 2, entry: None }]),
+        Err(MetaError::Fenced(_))
+    ));
+    svc.release(second.token, vec![]).unwrap();
+    svc.remove_lv("vg", "lv").unwrap();
+    assert_eq!(vg_free(&svc), 8);
+}
+
+#[test]
+fn thick_extents_cannot_be_unmapped() {
+    let fx = Fixture::new();
+    let svc = pool(&fx, 1, 4);
+    svc.create_lv("vg", "lv", EXTENT, false).unwrap();
+    let grant = svc.acquire("vg", "lv", "t").unwrap();
+    assert_eq!(grant.map.len(), 1);
+    assert!(matches!(
+        svc.commit(grant.token, vec![MapChange { le: 0, entry: None }]),
+        Err(MetaError::InvalidArgument(_))
+    ));
+    // Updating the written bitmap in place is fine.
+    let mut entry = grant.map[0].1.clone();
+    entry.written = u64::MAX;
+    svc.commit(
+        grant.token,
+        vec![MapChange {
+            le: 0,
+            entry: Some(entry),
+        }],
+    )
+    .unwrap();
+}
+
+#[test]
+fn reservations_survive_reopen_until_reclaimed() {
+    let fx = Fixture::new();
+    {
+        let svc = pool(&fx, 1, 8);
+        svc.create_lv("vg", "lv", 8 * EXTENT, true).unwrap();
+        let grant = svc.acquire("vg", "lv", "t").unwrap();
+        let reserved = svc.reserve(grant.token, 4).unwrap();
+        svc.commit(
+            grant.token,
+            vec![MapChange {
+                le: 3,
+                entry: Some(ExtentEntry {
+                    placement: reserved[0].clone(),
+                    written: 7,
+                }),
+            }],
+        )
+        .unwrap();
+        // No release: the process "dies" here.
+    }
+    let svc = fx.open();
+    assert_eq!(vg_free(&svc), 4, "1 mapped + 3 still reserved");
+    assert_eq!(svc.reclaim_all_reservations().unwrap(), 3);
+    assert_eq!(vg_free(&svc), 7);
+    let grant = svc.acquire("vg", "lv", "t").unwrap();
+    assert_eq!(grant.map.len(), 1);
+    assert_eq!(grant.map[0].1.written, 7);
+}
+
+#[test]
+fn reserve_returns_what_is_left_when_nearly_full() {
+    let fx = Fixture::new();
+    let svc = pool(&fx, 2, 2);
+    svc.create_lv("vg", "lv", 100 * EXTENT, true).unwrap();
+    let grant = svc.acquire("vg", "lv", "t").unwrap();
+    assert_eq!(svc.reserve(grant.token, 8).unwrap().len(), 4);
+    assert!(svc.reserve(grant.token, 1).unwrap().is_empty());
+    assert_eq!(svc.vg_reports()[0].data_percent(), 100.0);
+}
