@@ -16,6 +16,7 @@ pub mod device;
 pub mod error;
 pub mod leaf;
 pub mod testing;
+pub mod volume;
 
 pub use buf::{IoBuf, IoBufMut, IO_ALIGN};
 pub use checked::Checked;

@@ -60,6 +60,13 @@ pub trait MapService: Send + Sync + 'static {
     async fn acquire(&self, vg: &str, lv: &str, holder: &str) -> MetaResult<LeaseGrant>;
     /// Extends the lease; returns the LV's current record.
     async fn renew(&self, token: LeaseToken) -> MetaResult<LvRecord>;
+    /// Mapped extents from `first_le` on (to pick up extents that a live
+    /// `lvextend` of a thick LV allocated).
+    async fn extents(
+        &self,
+        token: LeaseToken,
+        first_le: u64,
+    ) -> MetaResult<Vec<(u64, ExtentEntry)>>;
     /// Reserves up to `extents` placements for new extents. Fewer (possibly
     /// none) come back when the VG is nearly full.
     async fn reserve(&self, token: LeaseToken, extents: usize) -> MetaResult<Vec<Placement>>;
@@ -107,6 +114,15 @@ impl MapService for LocalMapService {
     async fn renew(&self, token: LeaseToken) -> MetaResult<LvRecord> {
         let service = self.service.clone();
         blocking(move || service.renew(token)).await
+    }
+
+    async fn extents(
+        &self,
+        token: LeaseToken,
+        first_le: u64,
+    ) -> MetaResult<Vec<(u64, ExtentEntry)>> {
+        let service = self.service.clone();
+        blocking(move || service.extents(token, first_le)).await
     }
 
     async fn reserve(&self, token: LeaseToken, extents: usize) -> MetaResult<Vec<Placement>> {

@@ -43,6 +43,13 @@ fn pool(fx: &Fixture, pvs: usize, pes: u64) -> Service {
     svc
 }
 
+/// Reserves `n` placements one at a time (small pools grant one per call).
+fn reserve_n(svc: &Service, token: metadata::LeaseToken, n: usize) -> Vec<metadata::Placement> {
+    (0..n)
+        .flat_map(|_| svc.reserve(token, 1).unwrap())
+        .collect()
+}
+
 fn vg_free(svc: &Service) -> u64 {
     svc.vg_reports()[0].pe_free
 }
@@ -165,7 +172,7 @@ fn leases_reserve_commit_and_fence() {
     assert!(matches!(svc.remove_lv("vg", "lv"), Err(MetaError::Busy(_))));
     assert_eq!(svc.lv_reports()[0].open_by.as_deref(), Some("server-a"));
 
-    let reserved = svc.reserve(grant.token, 3).unwrap();
+    let reserved = reserve_n(&svc, grant.token, 3);
     assert_eq!(reserved.len(), 3);
     assert_eq!(vg_free(&svc), 5, "reservations are not free");
     let entry = |i: usize| ExtentEntry {
@@ -281,7 +288,7 @@ fn reservations_survive_reopen_until_reclaimed() {
         let svc = pool(&fx, 1, 8);
         svc.create_lv("vg", "lv", 8 * EXTENT, true).unwrap();
         let grant = svc.acquire("vg", "lv", "t").unwrap();
-        let reserved = svc.reserve(grant.token, 4).unwrap();
+        let reserved = reserve_n(&svc, grant.token, 4);
         svc.commit(
             grant.token,
             vec![MapChange {
@@ -305,12 +312,23 @@ fn reservations_survive_reopen_until_reclaimed() {
 }
 
 #[test]
-fn reserve_returns_what_is_left_when_nearly_full() {
+fn reservations_shrink_as_the_pool_fills() {
     let fx = Fixture::new();
-    let svc = pool(&fx, 2, 2);
+    let svc = pool(&fx, 2, 40);
     svc.create_lv("vg", "lv", 100 * EXTENT, true).unwrap();
     let grant = svc.acquire("vg", "lv", "t").unwrap();
-    assert_eq!(svc.reserve(grant.token, 8).unwrap().len(), 4);
+    assert_eq!(
+        svc.reserve(grant.token, 8).unwrap().len(),
+        5,
+        "80 free: at most 80/16"
+    );
+    let mut taken = 5;
+    while taken < 80 {
+        let got = svc.reserve(grant.token, 8).unwrap().len();
+        assert!(got >= 1, "a request is never refused while space is left");
+        taken += got;
+    }
+    assert_eq!(taken, 80);
     assert!(svc.reserve(grant.token, 1).unwrap().is_empty());
     assert_eq!(svc.vg_reports()[0].data_percent(), 100.0);
 }

@@ -15,7 +15,8 @@ use super::{extents_for, Lease, Service, State};
 use crate::error::{MetaError, MetaResult};
 use crate::lease::{LeaseGrant, LeaseToken, MapChange};
 use crate::model::{
-    decode, encode, id_key, pair_key, split_pair_key, ExtentEntry, LvRecord, PeAddr, Placement,
+    decode, encode, id_key, pair_key, split_pair_key, ExtentEntry, LvId, LvRecord, PeAddr,
+    Placement,
 };
 use crate::store::{Change, Table};
 
@@ -80,6 +81,22 @@ impl Service {
         })
     }
 
+    pub fn extents(&self, token: LeaseToken, first_le: u64) -> MetaResult<Vec<(u64, ExtentEntry)>> {
+        check_lease(&self.state.lock(), token)?;
+        self.read_extents(token.lv, first_le)
+    }
+
+    fn read_extents(&self, lv: LvId, first_le: u64) -> MetaResult<Vec<(u64, ExtentEntry)>> {
+        let mut map = Vec::new();
+        for (key, value) in self.store.scan_prefix(Table::Extents, &id_key(lv))? {
+            let (_, le) = split_pair_key(&key)?;
+            if le >= first_le {
+                map.push((le, decode(&value, "extent entry")?));
+            }
+        }
+        Ok(map)
+    }
+
     pub fn renew(&self, token: LeaseToken) -> MetaResult<LvRecord> {
         let mut st = self.state.lock();
         check_lease(&st, token)?;
@@ -93,6 +110,11 @@ impl Service {
         check_lease(&st, token)?;
         let lv = st.lvs[&token.lv].record.clone();
         let pvs = st.vg_pvs(lv.vg);
+        // Reservations are speculative; as the VG fills, grant fewer so one
+        // holder's spares cannot starve another LV: at most 1/16 of what is
+        // left, and always at least one.
+        let placeable = st.alloc.placeable(&pvs, lv.layout.legs());
+        let extents = extents.min((placeable / 16).max(1) as usize);
         let placements: Vec<Placement> = (0..extents)
             .map_while(|_| st.alloc.allocate(&pvs, lv.layout.legs()))
             .collect();
