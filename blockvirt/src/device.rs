@@ -140,6 +140,39 @@ pub trait BlockDevice: Send + Sync + std::fmt::Debug + 'static {
     async fn block_status(&self, range: ByteRange) -> BlockResult<Vec<StatusExtent>>;
 }
 
+/// A shared device is a device: layers and gateways can hold one stack
+/// through `Arc`s without a wrapper type.
+#[async_trait]
+impl<D: BlockDevice + ?Sized> BlockDevice for std::sync::Arc<D> {
+    fn info(&self) -> DeviceInfo {
+        (**self).info()
+    }
+
+    async fn read_at(&self, offset_bytes: u64, buf: IoBufMut) -> BufResult<IoBufMut> {
+        (**self).read_at(offset_bytes, buf).await
+    }
+
+    async fn write_at(&self, offset_bytes: u64, buf: IoBuf, flags: WriteFlags) -> BufResult<IoBuf> {
+        (**self).write_at(offset_bytes, buf, flags).await
+    }
+
+    async fn flush(&self) -> BlockResult<()> {
+        (**self).flush().await
+    }
+
+    async fn discard(&self, range: ByteRange) -> BlockResult<()> {
+        (**self).discard(range).await
+    }
+
+    async fn write_zeroes(&self, range: ByteRange, flags: ZeroFlags) -> BlockResult<()> {
+        (**self).write_zeroes(range, flags).await
+    }
+
+    async fn block_status(&self, range: ByteRange) -> BlockResult<Vec<StatusExtent>> {
+        (**self).block_status(range).await
+    }
+}
+
 /// Appends `len_bytes` of `status` to `extents`, merging with the last extent
 /// when the status is the same. Helps implementations keep the
 /// "adjacent extents differ" rule.

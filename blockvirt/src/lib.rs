@@ -14,6 +14,7 @@ pub mod buf;
 pub mod checked;
 pub mod device;
 pub mod error;
+pub mod label;
 pub mod leaf;
 pub mod testing;
 pub mod volume;

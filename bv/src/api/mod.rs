@@ -1,0 +1,170 @@
+//! The management API: HTTP + JSON between `bv` commands and `bv serve`.
+//!
+//! It listens on a Unix socket in the data directory (mode 0600: only the
+//! owner of the data directory can manage the server), and optionally on a
+//! loopback TCP address. Routes mirror the CLI verbs: `GET /v1/pvs`,
+//! `POST /v1/lvcreate`, ... Errors come back as `{"error": {"kind",
+//! "message"}}` with a matching HTTP status, and the message is the one
+//! line the CLI prints.
+
+pub mod client;
+pub mod routes;
+
+use std::path::PathBuf;
+
+use axum::http::StatusCode;
+use blockvirt::{BlockError, ErrorKind};
+use metadata::{LvReport, MetaError, PvReport, VgReport};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreatePv {
+    pub path: PathBuf,
+    /// Create a sparse file of this size when the path does not exist.
+    pub size_bytes: Option<u64>,
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RemovePv {
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateVg {
+    pub name: String,
+    pub pvs: Vec<PathBuf>,
+    pub extent_bytes: Option<u64>,
+}
+
+/// vgextend / vgreduce.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChangeVg {
+    pub name: String,
+    pub pvs: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RemoveVg {
+    pub name: String,
+    /// Remove the VG's logical volumes first.
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateLv {
+    pub vg: String,
+    pub name: String,
+    pub size_bytes: u64,
+    pub thin: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExtendLv {
+    pub vg: String,
+    pub name: String,
+    /// New size, or growth when `relative`.
+    pub size_bytes: u64,
+    pub relative: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LvName {
+    pub vg: String,
+    pub name: String,
+}
+
+/// A PV as the running server sees it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PvStatus {
+    #[serde(flatten)]
+    pub report: PvReport,
+    /// "online", or "missing" with the reason in `problem`.
+    pub state: String,
+    pub problem: Option<String>,
+}
+
+/// An LV as the running server sees it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LvStatus {
+    #[serde(flatten)]
+    pub report: LvReport,
+    /// The NBD URI clients connect to.
+    pub export_uri: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Reports {
+    pub pvs: Vec<PvStatus>,
+    pub vgs: Vec<VgReport>,
+    pub lvs: Vec<LvStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServerStatus {
+    pub version: String,
+    pub nbd_address: String,
+    pub data_dir: PathBuf,
+}
+
+/// An error as the API returns it.
+#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    pub kind: String,
+    pub message: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ApiError,
+}
+
+impl ApiError {
+    pub fn new(kind: &str, message: impl Into<String>) -> Self {
+        ApiError {
+            kind: kind.to_string(),
+            message: message.into(),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self.kind.as_str() {
+            "not_found" => StatusCode::NOT_FOUND,
+            "already_exists" | "busy" | "fenced" => StatusCode::CONFLICT,
+            "invalid_argument" => StatusCode::BAD_REQUEST,
+            "no_space" => StatusCode::INSUFFICIENT_STORAGE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl From<MetaError> for ApiError {
+    fn from(err: MetaError) -> Self {
+        let kind = match &err {
+            MetaError::NotFound(_) => "not_found",
+            MetaError::AlreadyExists(_) => "already_exists",
+            MetaError::InvalidArgument(_) => "invalid_argument",
+            MetaError::NoSpace(_) => "no_space",
+            MetaError::Busy(_) => "busy",
+            MetaError::Fenced(_) => "fenced",
+            MetaError::Corrupt(_) => "corrupt",
+            MetaError::Store(_) => "store",
+        };
+        ApiError::new(kind, err.to_string())
+    }
+}
+
+impl From<BlockError> for ApiError {
+    fn from(err: BlockError) -> Self {
+        let kind = match err.kind() {
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::Busy => "busy",
+            ErrorKind::InvalidArgument | ErrorKind::OutOfRange | ErrorKind::Unaligned => "invalid_argument",
+            ErrorKind::NoSpace => "no_space",
+            ErrorKind::Fenced => "fenced",
+            _ => "io",
+        };
+        ApiError::new(kind, err.to_string())
+    }
+}

@@ -1,0 +1,91 @@
+//! The server's side of the management API: one route per CLI verb.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Serialize;
+
+use super::{ApiError, ChangeVg, CreateLv, CreatePv, CreateVg, ErrorBody, ExtendLv, LvName, RemovePv, RemoveVg, ServerStatus};
+use crate::serve::Server;
+
+type Shared = State<Arc<Server>>;
+
+pub fn router(server: Arc<Server>) -> Router {
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/reports", get(reports))
+        .route("/v1/pvcreate", post(pvcreate))
+        .route("/v1/pvremove", post(pvremove))
+        .route("/v1/vgcreate", post(vgcreate))
+        .route("/v1/vgextend", post(vgextend))
+        .route("/v1/vgreduce", post(vgreduce))
+        .route("/v1/vgremove", post(vgremove))
+        .route("/v1/lvcreate", post(lvcreate))
+        .route("/v1/lvextend", post(lvextend))
+        .route("/v1/lvremove", post(lvremove))
+        .with_state(server)
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status(), Json(ErrorBody { error: self })).into_response()
+    }
+}
+
+fn reply<T: Serialize>(result: Result<T, ApiError>) -> Response {
+    match result {
+        Ok(value) => Json(value).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn status(State(server): Shared) -> Response {
+    reply(Ok(ServerStatus {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        nbd_address: server.nbd_address().to_string(),
+        data_dir: server.data_dir().to_path_buf(),
+    }))
+}
+
+async fn reports(State(server): Shared) -> Response {
+    reply(Ok(server.reports()))
+}
+
+async fn pvcreate(State(server): Shared, Json(request): Json<CreatePv>) -> Response {
+    reply(server.create_pv(request).await)
+}
+
+async fn pvremove(State(server): Shared, Json(request): Json<RemovePv>) -> Response {
+    reply(server.remove_pv(&request.path).await)
+}
+
+async fn vgcreate(State(server): Shared, Json(request): Json<CreateVg>) -> Response {
+    reply(server.create_vg(request).await)
+}
+
+async fn vgextend(State(server): Shared, Json(request): Json<ChangeVg>) -> Response {
+    reply(server.extend_vg(request).await)
+}
+
+async fn vgreduce(State(server): Shared, Json(request): Json<ChangeVg>) -> Response {
+    reply(server.reduce_vg(request).await)
+}
+
+async fn vgremove(State(server): Shared, Json(request): Json<RemoveVg>) -> Response {
+    reply(server.remove_vg(request).await)
+}
+
+async fn lvcreate(State(server): Shared, Json(request): Json<CreateLv>) -> Response {
+    reply(server.create_lv(request).await)
+}
+
+async fn lvextend(State(server): Shared, Json(request): Json<ExtendLv>) -> Response {
+    reply(server.extend_lv(request).await)
+}
+
+async fn lvremove(State(server): Shared, Json(request): Json<LvName>) -> Response {
+    reply(server.remove_lv(request).await)
+}

@@ -1,0 +1,188 @@
+//! The command line, in LVM's verbs and option spellings.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "bv",
+    version,
+    about = "Blockvirt: thin virtual disks on pooled disks, served over NBD",
+    long_about = "Blockvirt pools disks into volume groups and serves logical volumes as \
+                  virtual disks over NBD. `bv serve` runs the server; the other commands \
+                  (LVM's verbs) manage it through its API socket."
+)]
+pub struct Cli {
+    /// Directory of the server's metadata and API socket.
+    #[arg(long, global = true, env = "BV_DATA_DIR", default_value = "bv-data")]
+    pub data_dir: PathBuf,
+
+    /// The management API socket (default: DATA_DIR/bv.sock).
+    #[arg(long, global = true, env = "BV_SOCKET")]
+    pub socket: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+impl Cli {
+    pub fn socket_path(&self) -> PathBuf {
+        self.socket.clone().unwrap_or_else(|| self.data_dir.join("bv.sock"))
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server: data path, metadata service, NBD exports, management API.
+    Serve(ServeArgs),
+
+    /// Initialize a file or block device as a physical volume.
+    Pvcreate {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Create the file (sparse) with this size when it does not exist.
+        #[arg(long)]
+        size: Option<String>,
+        /// Overwrite a PV label left by another server.
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Report physical volumes.
+    Pvs(ReportArgs),
+    /// Display physical volumes in detail.
+    Pvdisplay { paths: Vec<PathBuf> },
+    /// Remove the PV label from devices outside any volume group.
+    Pvremove {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        #[arg(short, long)]
+        force: bool,
+    },
+
+    /// Create a volume group from physical volumes.
+    Vgcreate {
+        vg: String,
+        #[arg(required = true)]
+        pvs: Vec<PathBuf>,
+        /// Extent size (power of two, 256 KiB to 64 MiB; default 4 MiB).
+        #[arg(short = 's', long = "physicalextentsize")]
+        extent_size: Option<String>,
+    },
+    /// Add physical volumes to a volume group.
+    Vgextend {
+        vg: String,
+        #[arg(required = true)]
+        pvs: Vec<PathBuf>,
+    },
+    /// Remove unused physical volumes from a volume group.
+    Vgreduce {
+        vg: String,
+        #[arg(required = true)]
+        pvs: Vec<PathBuf>,
+    },
+    /// Report volume groups.
+    Vgs(ReportArgs),
+    /// Display volume groups in detail.
+    Vgdisplay { vgs: Vec<String> },
+    /// Remove volume groups (with -f, their logical volumes too).
+    Vgremove {
+        #[arg(required = true)]
+        vgs: Vec<String>,
+        #[arg(short, long)]
+        force: bool,
+    },
+
+    /// Create a logical volume: thick with -L, thin with -V.
+    Lvcreate(LvcreateArgs),
+    /// Report logical volumes.
+    Lvs(ReportArgs),
+    /// Display logical volumes in detail.
+    Lvdisplay { lvs: Vec<String> },
+    /// Grow a logical volume (also while in use).
+    Lvextend {
+        /// New size, or +SIZE to grow by (default unit MiB).
+        #[arg(short = 'L', long = "size", allow_hyphen_values = true)]
+        size: String,
+        lv: String,
+    },
+    /// Remove logical volumes.
+    Lvremove {
+        #[arg(required = true)]
+        lvs: Vec<String>,
+        /// Accepted for LVM compatibility; bv never prompts.
+        #[arg(short, long)]
+        force: bool,
+        /// Accepted for LVM compatibility; bv never prompts.
+        #[arg(short, long)]
+        yes: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct LvcreateArgs {
+    /// Size of a thick LV: all extents allocated now (default unit MiB).
+    #[arg(short = 'L', long = "size", conflicts_with = "virtual_size", required_unless_present = "virtual_size")]
+    pub size: Option<String>,
+    /// Size of a thin LV: extents allocated on first write (default unit MiB).
+    #[arg(short = 'V', long = "virtualsize")]
+    pub virtual_size: Option<String>,
+    #[arg(short = 'n', long = "name")]
+    pub name: String,
+    pub vg: String,
+    /// Accepted for LVM compatibility; bv never prompts.
+    #[arg(short, long)]
+    pub yes: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Output format.
+    #[arg(long = "reportformat", value_enum, default_value = "basic")]
+    pub format: ReportFormat,
+    /// Units for sizes: h (human), b, s, k, m, g, t, p, e.
+    #[arg(long, default_value = "h")]
+    pub units: String,
+    /// Print sizes without the unit letter.
+    #[arg(long)]
+    pub nosuffix: bool,
+    /// Leave out the heading line.
+    #[arg(long)]
+    pub noheadings: bool,
+    /// Restrict the report to these names (PV paths, VG names or VG/LV).
+    pub names: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    Basic,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address of the NBD server (keep it on loopback unless the network
+    /// is trusted: NBD has no authentication here).
+    #[arg(long, default_value = "127.0.0.1:10809")]
+    pub listen: SocketAddr,
+    /// Also serve the management API over TCP (unauthenticated; loopback only).
+    #[arg(long)]
+    pub api_listen: Option<SocketAddr>,
+    /// How PV I/O is submitted.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub io_engine: IoEngine,
+    /// Bypass the page cache on PVs (O_DIRECT) where the filesystem allows.
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    pub direct_io: String,
+    /// Seconds between background commits of thin-map changes.
+    #[arg(long, default_value_t = 1.0)]
+    pub commit_interval: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum IoEngine {
+    Auto,
+    Uring,
+    Threads,
+}

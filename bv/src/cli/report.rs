@@ -1,0 +1,268 @@
+//! `pvs`, `vgs`, `lvs` and the `*display` commands: LVM's columns, LVM's
+//! JSON shape (`{"report": [{"lv": [{"lv_name": ...}]}]}`, every value a
+//! string), and LVM's display layout.
+
+use serde_json::{json, Map, Value};
+
+use crate::api::{LvStatus, PvStatus, Reports};
+use crate::size::Units;
+use metadata::VgReport;
+
+/// One report: a JSON key ("pv"), and per row the (field, column heading,
+/// value) triples. A heading of `None` keeps the field out of the table.
+pub struct Report {
+    key: &'static str,
+    rows: Vec<Vec<(&'static str, Option<&'static str>, String)>>,
+}
+
+impl Report {
+    pub fn pvs(pvs: &[PvStatus], units: Units) -> Report {
+        let rows = pvs
+            .iter()
+            .map(|pv| {
+                let r = &pv.report;
+                let extent = r.extent_bytes.unwrap_or(0);
+                let (size, free) = match r.vg_name {
+                    Some(_) => (r.pe_count * extent, (r.pe_count - r.pe_alloc) * extent),
+                    None => (r.record.size_bytes, r.record.size_bytes),
+                };
+                let attr = format!(
+                    "{}-{}",
+                    if r.vg_name.is_some() { 'a' } else { '-' },
+                    if pv.state == "online" { '-' } else { 'm' }
+                );
+                vec![
+                    ("pv_name", Some("PV"), r.record.path.display().to_string()),
+                    ("vg_name", Some("VG"), r.vg_name.clone().unwrap_or_default()),
+                    ("pv_fmt", Some("Fmt"), "bv1".into()),
+                    ("pv_attr", Some("Attr"), attr),
+                    ("pv_size", Some("PSize"), units.format(size)),
+                    ("pv_free", Some("PFree"), units.format(free)),
+                    ("dev_size", None, units.format(r.record.size_bytes)),
+                    ("pv_uuid", None, r.record.uuid.to_string()),
+                    ("pe_start", None, units.format(r.record.data_offset_bytes)),
+                    ("pv_pe_count", None, r.pe_count.to_string()),
+                    ("pv_pe_alloc_count", None, r.pe_alloc.to_string()),
+                    ("pv_missing", None, if pv.state == "online" { "" } else { "missing" }.into()),
+                ]
+            })
+            .collect();
+        Report { key: "pv", rows }
+    }
+
+    pub fn vgs(vgs: &[VgReport], units: Units) -> Report {
+        let rows = vgs
+            .iter()
+            .map(|vg| {
+                vec![
+                    ("vg_name", Some("VG"), vg.record.name.clone()),
+                    ("pv_count", Some("#PV"), vg.pv_count.to_string()),
+                    ("lv_count", Some("#LV"), vg.lv_count.to_string()),
+                    ("snap_count", Some("#SN"), "0".into()),
+                    ("vg_attr", Some("Attr"), "wz--n-".into()),
+                    ("vg_size", Some("VSize"), units.format(vg.size_bytes())),
+                    ("vg_free", Some("VFree"), units.format(vg.free_bytes())),
+                    ("data_percent", Some("Data%"), format!("{:.2}", vg.data_percent())),
+                    ("vg_uuid", None, vg.record.uuid.to_string()),
+                    ("vg_extent_size", None, units.format(vg.record.extent_bytes)),
+                    ("vg_extent_count", None, vg.pe_count.to_string()),
+                    ("vg_free_count", None, vg.pe_free.to_string()),
+                    ("lv_size_total", None, units.format(vg.lv_size_bytes)),
+                ]
+            })
+            .collect();
+        Report { key: "vg", rows }
+    }
+
+    pub fn lvs(lvs: &[LvStatus], units: Units) -> Report {
+        let rows = lvs
+            .iter()
+            .map(|lv| {
+                let r = &lv.report;
+                let data_percent = if r.record.thin {
+                    format!("{:.2}", r.data_percent())
+                } else {
+                    String::new()
+                };
+                vec![
+                    ("lv_name", Some("LV"), r.record.name.clone()),
+                    ("vg_name", Some("VG"), r.vg_name.clone()),
+                    ("lv_attr", Some("Attr"), lv_attr(lv)),
+                    ("lv_size", Some("LSize"), units.format(r.record.size_bytes)),
+                    ("data_percent", Some("Data%"), data_percent),
+                    ("lv_layout", Some("Layout"), lv_layout(lv)),
+                    ("lv_uuid", None, r.record.uuid.to_string()),
+                    ("lv_active", None, "active".into()),
+                    ("lv_device_open", None, if r.open_by.is_some() { "open" } else { "" }.into()),
+                    ("lv_health_status", None, String::new()),
+                    ("lv_allocated_size", None, units.format(r.mapped_extents * r.extent_bytes)),
+                    ("lv_export", None, lv.export_uri.clone()),
+                ]
+            })
+            .collect();
+        Report { key: "lv", rows }
+    }
+
+    pub fn json(&self) -> String {
+        let rows: Vec<Value> = self
+            .rows
+            .iter()
+            .map(|row| {
+                let fields: Map<String, Value> = row
+                    .iter()
+                    .map(|(field, _, value)| (field.to_string(), Value::String(value.clone())))
+                    .collect();
+                Value::Object(fields)
+            })
+            .collect();
+        let report = json!({ "report": [ { self.key: rows } ] });
+        serde_json::to_string_pretty(&report).expect("reports serialize")
+    }
+
+    pub fn table(&self, headings: bool) -> String {
+        let Some(first) = self.rows.first() else {
+            return String::new();
+        };
+        let columns: Vec<(usize, &str)> = first
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (_, heading, _))| heading.map(|h| (i, h)))
+            .collect();
+        let mut lines: Vec<Vec<&str>> = Vec::new();
+        if headings {
+            lines.push(columns.iter().map(|(_, h)| *h).collect());
+        }
+        for row in &self.rows {
+            lines.push(columns.iter().map(|(i, _)| row[*i].2.as_str()).collect());
+        }
+        let widths: Vec<usize> = (0..columns.len())
+            .map(|c| lines.iter().map(|l| l[c].len()).max().unwrap_or(0))
+            .collect();
+        lines
+            .iter()
+            .map(|line| {
+                let cells: Vec<String> = line
+                    .iter()
+                    .zip(&widths)
+                    .map(|(cell, width)| format!("{cell:<width$}"))
+                    .collect();
+                format!("  {}\n", cells.join(" ").trim_end())
+            })
+            .collect()
+    }
+}
+
+/// LVM's ten attribute characters, as far as they apply.
+fn lv_attr(lv: &LvStatus) -> String {
+    let r = &lv.report;
+    let (volume_type, target, zero) = if r.record.thin { ('V', 't', 'z') } else { ('-', '-', '-') };
+    let open = if r.open_by.is_some() { 'o' } else { '-' };
+    format!("{volume_type}wi-a{open}{target}{zero}--")
+}
+
+fn lv_layout(lv: &LvStatus) -> String {
+    let layout = lv.report.layout().name();
+    if lv.report.record.thin {
+        format!("thin,{layout}")
+    } else {
+        layout.to_string()
+    }
+}
+
+pub fn pvdisplay(pv: &PvStatus) -> String {
+    let units = Units::default();
+    let r = &pv.report;
+    let extent = r.extent_bytes.unwrap_or(0);
+    let mut out = String::from("  --- Physical volume ---\n");
+    let mut line = |k: &str, v: String| out.push_str(&format!("  {k:<22}{v}\n"));
+    line("PV Name", r.record.path.display().to_string());
+    line("VG Name", r.vg_name.clone().unwrap_or_default());
+    line("PV Size", units.format(r.record.size_bytes));
+    line("Allocatable", if r.vg_name.is_some() { "yes" } else { "NO" }.into());
+    line("PE Size", if extent > 0 { units.format(extent) } else { "0".into() });
+    line("Total PE", r.pe_count.to_string());
+    line("Free PE", (r.pe_count - r.pe_alloc).to_string());
+    line("Allocated PE", r.pe_alloc.to_string());
+    line("PV State", pv.state.clone() + &pv.problem.as_ref().map(|p| format!(" ({p})")).unwrap_or_default());
+    line("PV UUID", r.record.uuid.to_string());
+    out
+}
+
+pub fn vgdisplay(vg: &VgReport, reports: &Reports) -> String {
+    let units = Units::default();
+    let open = reports
+        .lvs
+        .iter()
+        .filter(|lv| lv.report.vg_name == vg.record.name && lv.report.open_by.is_some())
+        .count();
+    let allocated = vg.pe_count - vg.pe_free;
+    let mut out = String::from("  --- Volume group ---\n");
+    let mut line = |k: &str, v: String| out.push_str(&format!("  {k:<22}{v}\n"));
+    line("VG Name", vg.record.name.clone());
+    line("Format", "bv1".into());
+    line("VG Access", "read/write".into());
+    line("VG Status", "resizable".into());
+    line("Cur LV", vg.lv_count.to_string());
+    line("Open LV", open.to_string());
+    line("Cur PV", vg.pv_count.to_string());
+    line("VG Size", units.format(vg.size_bytes()));
+    line("PE Size", units.format(vg.record.extent_bytes));
+    line("Total PE", vg.pe_count.to_string());
+    line("Alloc PE / Size", format!("{allocated} / {}", units.format(allocated * vg.record.extent_bytes)));
+    line("Free  PE / Size", format!("{} / {}", vg.pe_free, units.format(vg.free_bytes())));
+    line("Data%", format!("{:.2}", vg.data_percent()));
+    line("LV Size (total)", units.format(vg.lv_size_bytes));
+    line("VG UUID", vg.record.uuid.to_string());
+    out
+}
+
+pub fn lvdisplay(lv: &LvStatus) -> String {
+    let units = Units::default();
+    let r = &lv.report;
+    let mut out = String::from("  --- Logical volume ---\n");
+    let mut line = |k: &str, v: String| out.push_str(&format!("  {k:<22}{v}\n"));
+    line("LV Path", format!("{}/{}", r.vg_name, r.record.name));
+    line("LV Name", r.record.name.clone());
+    line("VG Name", r.vg_name.clone());
+    line("LV UUID", r.record.uuid.to_string());
+    line("LV Write Access", "read/write".into());
+    line("LV Status", "available".into());
+    line("# open", r.open_by.as_ref().map_or("0".into(), |holder| format!("1 ({holder})")));
+    line("LV Size", units.format(r.record.size_bytes));
+    line("Current LE", r.extent_count.to_string());
+    line("Allocation", if r.record.thin { "thin" } else { "thick" }.into());
+    line("Mapped LE", r.mapped_extents.to_string());
+    line("Mapped size", format!("{:.2}%", r.data_percent()));
+    line("Layout", lv_layout(lv));
+    line("NBD export", lv.export_uri.clone());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> Report {
+        Report {
+            key: "lv",
+            rows: vec![
+                vec![("lv_name", Some("LV"), "a".into()), ("lv_uuid", None, "u1".into())],
+                vec![("lv_name", Some("LV"), "longer".into()), ("lv_uuid", None, "u2".into())],
+            ],
+        }
+    }
+
+    #[test]
+    fn json_has_lvm_shape() {
+        let parsed: Value = serde_json::from_str(&report().json()).unwrap();
+        assert_eq!(parsed["report"][0]["lv"][1]["lv_name"], "longer");
+        assert_eq!(parsed["report"][0]["lv"][0]["lv_uuid"], "u1");
+    }
+
+    #[test]
+    fn table_aligns_and_hides_detail_fields() {
+        let table = report().table(true);
+        assert_eq!(table, "  LV\n  a\n  longer\n");
+        assert_eq!(report().table(false), "  a\n  longer\n");
+    }
+}
