@@ -1,1 +1,7 @@
+//! Blockvirt's protocol gateways. A gateway speaks a client protocol on one
+//! side and the `blockvirt::BlockDevice` contract on the other; it keeps no
+//! volume state of its own.
+//!
+//! - [`nbd`]: the NBD server, the VM-disk path.
 
+pub mod nbd;
