@@ -80,7 +80,10 @@ pub async fn write_label(device: &dyn BlockDevice, label: &PvLabel) -> BlockResu
 
 /// Overwrites the label with zeroes (pvremove).
 pub async fn wipe_label(device: &dyn BlockDevice) -> BlockResult<()> {
-    device.write_at(0, IoBuf::zeroed(IO_ALIGN), WriteFlags::FUA).await.0
+    device
+        .write_at(0, IoBuf::zeroed(IO_ALIGN), WriteFlags::FUA)
+        .await
+        .0
 }
 
 #[cfg(test)]
@@ -98,7 +101,10 @@ mod tests {
         assert_eq!(PvLabel::decode(&block).unwrap(), Some(label));
         let mut torn = block.to_vec();
         torn[40] ^= 1;
-        assert_eq!(PvLabel::decode(&torn).unwrap_err().kind(), ErrorKind::Corrupt);
+        assert_eq!(
+            PvLabel::decode(&torn).unwrap_err().kind(),
+            ErrorKind::Corrupt
+        );
         assert_eq!(PvLabel::decode(&[0u8; IO_ALIGN]).unwrap(), None);
     }
 }

@@ -29,7 +29,9 @@ pub struct Cli {
 
 impl Cli {
     pub fn socket_path(&self) -> PathBuf {
-        self.socket.clone().unwrap_or_else(|| self.data_dir.join("bv.sock"))
+        self.socket
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("bv.sock"))
     }
 }
 
@@ -123,7 +125,12 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct LvcreateArgs {
     /// Size of a thick LV: all extents allocated now (default unit MiB).
-    #[arg(short = 'L', long = "size", conflicts_with = "virtual_size", required_unless_present = "virtual_size")]
+    #[arg(
+        short = 'L',
+        long = "size",
+        conflicts_with = "virtual_size",
+        required_unless_present = "virtual_size"
+    )]
     pub size: Option<String>,
     /// Size of a thin LV: extents allocated on first write (default unit MiB).
     #[arg(short = 'V', long = "virtualsize")]

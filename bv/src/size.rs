@@ -6,11 +6,10 @@
 //! A leading `+` means "grow by" (lvextend).
 //!
 //! Output follows `--units`: `h` (default) picks the largest unit that
-//! keeps the number at 1 or more and prints two decimals, marking a
-//! rounded-down figure with `<` as LVM does; a fixed unit prints in that
-//! unit; `--nosuffix` drops the unit letter.
+//! keeps the number at 1 or more and prints two decimals, rounded to the
+//! nearest, marking a figure shown larger than the real size with `<` as
+//! LVM does; a fixed unit prints in that unit; `--nosuffix` drops the unit.
 
-pub const KIB: u64 = 1 << 10;
 pub const MIB: u64 = 1 << 20;
 
 const UNITS: [(char, u64); 8] = [
@@ -40,7 +39,11 @@ fn unit_bytes(letter: char) -> Option<u64> {
 
 /// Parses a size; `default_unit_bytes` applies when no unit is given.
 pub fn parse_size(text: &str, default_unit_bytes: u64) -> Result<u64, String> {
-    let invalid = || format!("invalid size \"{text}\": use a number with an optional unit (b, s, k, m, g, t, p, e)");
+    let invalid = || {
+        format!(
+            "invalid size \"{text}\": use a number with an optional unit (b, s, k, m, g, t, p, e)"
+        )
+    };
     let text_trimmed = text.trim();
     let (number, unit) = match text_trimmed.chars().last() {
         Some(c) if c.is_ascii_alphabetic() => (
@@ -57,8 +60,14 @@ pub fn parse_size(text: &str, default_unit_bytes: u64) -> Result<u64, String> {
     if whole.is_empty() && fraction.is_empty() {
         return Err(invalid());
     }
-    let whole: u64 = if whole.is_empty() { 0 } else { whole.parse().map_err(|_| invalid())? };
-    let mut bytes = whole.checked_mul(unit).ok_or_else(|| format!("size \"{text}\" is too large"))?;
+    let whole: u64 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().map_err(|_| invalid())?
+    };
+    let mut bytes = whole
+        .checked_mul(unit)
+        .ok_or_else(|| format!("size \"{text}\" is too large"))?;
     if !fraction.is_empty() {
         // Exact decimal fraction of the unit, rounded up to a whole byte.
         let digits = fraction.len().min(18) as u32;
@@ -109,7 +118,9 @@ impl Units {
                 unit: Some(c.to_ascii_lowercase()),
                 suffix,
             }),
-            _ => Err(format!("invalid units \"{text}\": use one of h, b, s, k, m, g, t, p, e")),
+            _ => Err(format!(
+                "invalid units \"{text}\": use one of h, b, s, k, m, g, t, p, e"
+            )),
         }
     }
 
@@ -130,10 +141,12 @@ impl Units {
         let text = if unit == 1 || unit == 512 {
             format!("{}", bytes / unit)
         } else {
-            let hundredths = u128::from(bytes) * 100 / u128::from(unit);
-            let rounded_down = hundredths * u128::from(unit) < u128::from(bytes) * 100;
+            // Nearest hundredth; like LVM, a figure shown larger than the
+            // real size gets a `<` ("<1.82t" is a bit under 1.82 TiB).
+            let unit = u128::from(unit);
+            let hundredths = (u128::from(bytes) * 100 + unit / 2) / unit;
             let value = format!("{}.{:02}", hundredths / 100, hundredths % 100);
-            if rounded_down && self.unit.is_none() {
+            if hundredths * unit > u128::from(bytes) * 100 && self.unit.is_none() {
                 format!("<{value}")
             } else {
                 value
@@ -160,9 +173,18 @@ mod tests {
         assert_eq!(parse_size("1.5g", MIB), Ok(3 << 29));
         assert_eq!(parse_size("2048s", MIB), Ok(MIB));
         assert_eq!(parse_size("4096b", MIB), Ok(4096));
-        assert_eq!(parse_size("64k", MIB), Ok(64 * KIB));
+        assert_eq!(parse_size("64k", MIB), Ok(64 << 10));
         assert_eq!(parse_size(".5m", MIB), Ok(MIB / 2));
-        for bad in ["", "g", "1x", "-1g", "1.2.3g", "1 g", "abc", "99999999999999999999g"] {
+        for bad in [
+            "",
+            "g",
+            "1x",
+            "-1g",
+            "1.2.3g",
+            "1 g",
+            "abc",
+            "99999999999999999999g",
+        ] {
             assert!(parse_size(bad, MIB).is_err(), "{bad:?} accepted");
         }
         assert_eq!(parse_size_arg("+1G", MIB), Ok(SizeArg::Plus(1 << 30)));
@@ -177,6 +199,8 @@ mod tests {
         assert_eq!(h.format(512 * MIB), "512.00m");
         assert_eq!(h.format(0), "0 ");
         assert_eq!(h.format((1 << 30) - 1), "<1024.00m");
+        assert_eq!(h.format(1500 * MIB), "1.46g");
+        assert_eq!(h.format((1 << 40) * 1819 / 1000), "<1.82t");
         assert_eq!(h.format(1536), "1.50k");
         let b = Units::parse("b", false).unwrap();
         assert_eq!(b.format(1 << 30), "1073741824");

@@ -28,12 +28,21 @@ impl Client {
         self.call(Method::GET, path, Bytes::new()).await
     }
 
-    pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ApiError> {
+    pub async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ApiError> {
         let body = serde_json::to_vec(body).expect("requests serialize");
         self.call(Method::POST, path, Bytes::from(body)).await
     }
 
-    async fn call<T: DeserializeOwned>(&self, method: Method, path: &str, body: Bytes) -> Result<T, ApiError> {
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+    ) -> Result<T, ApiError> {
         let unreachable = |e: &dyn std::fmt::Display| {
             ApiError::new(
                 "unreachable",
@@ -43,7 +52,9 @@ impl Client {
                 ),
             )
         };
-        let stream = UnixStream::connect(&self.socket).await.map_err(|e| unreachable(&e))?;
+        let stream = UnixStream::connect(&self.socket)
+            .await
+            .map_err(|e| unreachable(&e))?;
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| unreachable(&e))?;
@@ -55,7 +66,10 @@ impl Client {
             .header(CONTENT_TYPE, "application/json")
             .body(Full::new(body))
             .expect("request is well formed");
-        let response = sender.send_request(request).await.map_err(|e| unreachable(&e))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| unreachable(&e))?;
         let status = response.status();
         let bytes = response
             .into_body()
@@ -64,14 +78,21 @@ impl Client {
             .map_err(|e| unreachable(&e))?
             .to_bytes();
         if status.is_success() {
-            serde_json::from_slice(&bytes)
-                .map_err(|e| ApiError::new("protocol", format!("unexpected answer from the server: {e}")))
+            serde_json::from_slice(&bytes).map_err(|e| {
+                ApiError::new(
+                    "protocol",
+                    format!("unexpected answer from the server: {e}"),
+                )
+            })
         } else {
             match serde_json::from_slice::<ErrorBody>(&bytes) {
                 Ok(body) => Err(body.error),
                 Err(_) => Err(ApiError::new(
                     "protocol",
-                    format!("server answered {status}: {}", String::from_utf8_lossy(&bytes)),
+                    format!(
+                        "server answered {status}: {}",
+                        String::from_utf8_lossy(&bytes)
+                    ),
                 )),
             }
         }

@@ -160,7 +160,9 @@ impl From<BlockError> for ApiError {
         let kind = match err.kind() {
             ErrorKind::NotFound => "not_found",
             ErrorKind::Busy => "busy",
-            ErrorKind::InvalidArgument | ErrorKind::OutOfRange | ErrorKind::Unaligned => "invalid_argument",
+            ErrorKind::InvalidArgument | ErrorKind::OutOfRange | ErrorKind::Unaligned => {
+                "invalid_argument"
+            }
             ErrorKind::NoSpace => "no_space",
             ErrorKind::Fenced => "fenced",
             _ => "io",

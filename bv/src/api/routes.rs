@@ -8,7 +8,10 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
 
-use super::{ApiError, ChangeVg, CreateLv, CreatePv, CreateVg, ErrorBody, ExtendLv, LvName, RemovePv, RemoveVg, ServerStatus};
+use super::{
+    ApiError, ChangeVg, CreateLv, CreatePv, CreateVg, ErrorBody, ExtendLv, LvName, RemovePv,
+    RemoveVg, ServerStatus,
+};
 use crate::serve::Server;
 
 type Shared = State<Arc<Server>>;

@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use metadata::{LvRecord, PvRecord, VgRecord};
 
 use crate::api::client::Client;
-use crate::api::{ChangeVg, CreateLv, CreatePv, CreateVg, ExtendLv, LvName, RemovePv, RemoveVg, Reports};
+use crate::api::{
+    ChangeVg, CreateLv, CreatePv, CreateVg, ExtendLv, LvName, RemovePv, RemoveVg, Reports,
+};
 use crate::args::{Command, LvcreateArgs, ReportArgs, ReportFormat};
 use crate::size::{parse_size, parse_size_arg, SizeArg, Units, MIB};
 use report::Report;
@@ -41,7 +43,10 @@ pub async fn run(command: Command, socket: &Path) -> i32 {
                     force,
                 };
                 match client.post::<_, PvRecord>("/v1/pvcreate", &request).await {
-                    Ok(_) => println!("  Physical volume \"{}\" successfully created.", path.display()),
+                    Ok(_) => println!(
+                        "  Physical volume \"{}\" successfully created.",
+                        path.display()
+                    ),
                     Err(e) => fail(e.message),
                 }
             }
@@ -49,13 +54,23 @@ pub async fn run(command: Command, socket: &Path) -> i32 {
         Command::Pvremove { paths, .. } => {
             for path in paths {
                 let path = absolute(&path);
-                match client.post::<_, PvRecord>("/v1/pvremove", &RemovePv { path: path.clone() }).await {
-                    Ok(_) => println!("  Labels on physical volume \"{}\" successfully wiped.", path.display()),
+                match client
+                    .post::<_, PvRecord>("/v1/pvremove", &RemovePv { path: path.clone() })
+                    .await
+                {
+                    Ok(_) => println!(
+                        "  Labels on physical volume \"{}\" successfully wiped.",
+                        path.display()
+                    ),
                     Err(e) => fail(e.message),
                 }
             }
         }
-        Command::Vgcreate { vg, pvs, extent_size } => {
+        Command::Vgcreate {
+            vg,
+            pvs,
+            extent_size,
+        } => {
             let extent_bytes = match extent_size.map(|s| parse_size(&s, MIB)).transpose() {
                 Ok(size) => size,
                 Err(e) => return usage(verb, e),
@@ -96,7 +111,10 @@ pub async fn run(command: Command, socket: &Path) -> i32 {
         }
         Command::Vgremove { vgs, force } => {
             for vg in vgs {
-                let request = RemoveVg { name: vg.clone(), force };
+                let request = RemoveVg {
+                    name: vg.clone(),
+                    force,
+                };
                 match client.post::<_, VgRecord>("/v1/vgremove", &request).await {
                     Ok(_) => println!("  Volume group \"{vg}\" successfully removed"),
                     Err(e) => fail(e.message),
@@ -123,11 +141,15 @@ pub async fn run(command: Command, socket: &Path) -> i32 {
                 Ok(SizeArg::Plus(bytes)) => (bytes, true),
                 Err(e) => return usage(verb, e),
             };
-            let before = client.get::<Reports>("/v1/reports").await.ok().and_then(|r| {
-                r.lvs
-                    .into_iter()
-                    .find(|l| l.report.vg_name == vg && l.report.record.name == name)
-            });
+            let before = client
+                .get::<Reports>("/v1/reports")
+                .await
+                .ok()
+                .and_then(|r| {
+                    r.lvs
+                        .into_iter()
+                        .find(|l| l.report.vg_name == vg && l.report.record.name == name)
+                });
             let request = ExtendLv {
                 vg: vg.clone(),
                 name: name.clone(),
@@ -158,7 +180,16 @@ pub async fn run(command: Command, socket: &Path) -> i32 {
                         continue;
                     }
                 };
-                match client.post::<_, LvRecord>("/v1/lvremove", &LvName { vg, name: name.clone() }).await {
+                match client
+                    .post::<_, LvRecord>(
+                        "/v1/lvremove",
+                        &LvName {
+                            vg,
+                            name: name.clone(),
+                        },
+                    )
+                    .await
+                {
                     Ok(_) => println!("  Logical volume \"{name}\" successfully removed."),
                     Err(e) => fail(e.message),
                 }
@@ -173,12 +204,17 @@ pub async fn run(command: Command, socket: &Path) -> i32 {
                 Ok(reports) => {
                     let report = match verb {
                         "pvs" => {
-                            let pvs = select(&reports.pvs, &args, |pv| pv.report.record.path.display().to_string());
+                            let pvs = select(&reports.pvs, &args, |pv| {
+                                pv.report.record.path.display().to_string()
+                            });
                             pvs.map(|pvs| Report::pvs(&pvs, units))
                         }
-                        "vgs" => select(&reports.vgs, &args, |vg| vg.record.name.clone()).map(|vgs| Report::vgs(&vgs, units)),
-                        _ => select(&reports.lvs, &args, |lv| format!("{}/{}", lv.report.vg_name, lv.report.record.name))
-                            .map(|lvs| Report::lvs(&lvs, units)),
+                        "vgs" => select(&reports.vgs, &args, |vg| vg.record.name.clone())
+                            .map(|vgs| Report::vgs(&vgs, units)),
+                        _ => select(&reports.lvs, &args, |lv| {
+                            format!("{}/{}", lv.report.vg_name, lv.report.record.name)
+                        })
+                        .map(|lvs| Report::lvs(&lvs, units)),
                     };
                     match report {
                         Ok(report) => match args.format {
@@ -199,7 +235,11 @@ pub async fn run(command: Command, socket: &Path) -> i32 {
                         fail(format!("physical volume \"{}\" not found", path.display()));
                     }
                 }
-                for pv in reports.pvs.iter().filter(|pv| wanted.is_empty() || wanted.contains(&pv.report.record.path)) {
+                for pv in reports
+                    .pvs
+                    .iter()
+                    .filter(|pv| wanted.is_empty() || wanted.contains(&pv.report.record.path))
+                {
                     print!("{}\n", report::pvdisplay(pv));
                 }
             }
@@ -212,7 +252,11 @@ pub async fn run(command: Command, socket: &Path) -> i32 {
                         fail(format!("volume group \"{name}\" not found"));
                     }
                 }
-                for vg in reports.vgs.iter().filter(|vg| vgs.is_empty() || vgs.contains(&vg.record.name)) {
+                for vg in reports
+                    .vgs
+                    .iter()
+                    .filter(|vg| vgs.is_empty() || vgs.contains(&vg.record.name))
+                {
                     print!("{}\n", report::vgdisplay(vg, &reports));
                 }
             }
@@ -220,13 +264,19 @@ pub async fn run(command: Command, socket: &Path) -> i32 {
         },
         Command::Lvdisplay { lvs } => match client.get::<Reports>("/v1/reports").await {
             Ok(reports) => {
-                let full = |lv: &crate::api::LvStatus| format!("{}/{}", lv.report.vg_name, lv.report.record.name);
+                let full = |lv: &crate::api::LvStatus| {
+                    format!("{}/{}", lv.report.vg_name, lv.report.record.name)
+                };
                 for name in &lvs {
                     if !reports.lvs.iter().any(|lv| &full(lv) == name) {
                         fail(format!("logical volume \"{name}\" not found"));
                     }
                 }
-                for lv in reports.lvs.iter().filter(|lv| lvs.is_empty() || lvs.contains(&full(lv))) {
+                for lv in reports
+                    .lvs
+                    .iter()
+                    .filter(|lv| lvs.is_empty() || lvs.contains(&full(lv)))
+                {
                     print!("{}\n", report::lvdisplay(lv));
                 }
             }
@@ -256,7 +306,11 @@ fn lvcreate_request(args: &LvcreateArgs) -> Result<CreateLv, String> {
 
 /// Keeps the rows whose name is listed (all when none is); an unknown name
 /// is an error, as in LVM.
-fn select<T: Clone>(rows: &[T], args: &ReportArgs, name: impl Fn(&T) -> String) -> Result<Vec<T>, String> {
+fn select<T: Clone>(
+    rows: &[T],
+    args: &ReportArgs,
+    name: impl Fn(&T) -> String,
+) -> Result<Vec<T>, String> {
     if args.names.is_empty() {
         return Ok(rows.to_vec());
     }
@@ -265,7 +319,8 @@ fn select<T: Clone>(rows: &[T], args: &ReportArgs, name: impl Fn(&T) -> String) 
         .iter()
         .map(|n| {
             let path = Path::new(n);
-            if path.is_relative() && n.contains(std::path::MAIN_SEPARATOR) && Path::new(n).exists() {
+            if path.is_relative() && n.contains(std::path::MAIN_SEPARATOR) && Path::new(n).exists()
+            {
                 absolute(path).display().to_string()
             } else {
                 n.clone()
@@ -277,12 +332,18 @@ fn select<T: Clone>(rows: &[T], args: &ReportArgs, name: impl Fn(&T) -> String) 
             return Err(format!("\"{wanted}\" not found"));
         }
     }
-    Ok(rows.iter().filter(|row| names.contains(&name(row))).cloned().collect())
+    Ok(rows
+        .iter()
+        .filter(|row| names.contains(&name(row)))
+        .cloned()
+        .collect())
 }
 
 fn split_lv(text: &str) -> Result<(String, String), String> {
     match text.split_once('/') {
-        Some((vg, lv)) if !vg.is_empty() && !lv.is_empty() && !lv.contains('/') => Ok((vg.to_string(), lv.to_string())),
+        Some((vg, lv)) if !vg.is_empty() && !lv.is_empty() && !lv.contains('/') => {
+            Ok((vg.to_string(), lv.to_string()))
+        }
         _ => Err(format!("\"{text}\": name a logical volume as VG/LV")),
     }
 }

@@ -43,7 +43,11 @@ impl Report {
                     ("pe_start", None, units.format(r.record.data_offset_bytes)),
                     ("pv_pe_count", None, r.pe_count.to_string()),
                     ("pv_pe_alloc_count", None, r.pe_alloc.to_string()),
-                    ("pv_missing", None, if pv.state == "online" { "" } else { "missing" }.into()),
+                    (
+                        "pv_missing",
+                        None,
+                        if pv.state == "online" { "" } else { "missing" }.into(),
+                    ),
                 ]
             })
             .collect();
@@ -62,7 +66,11 @@ impl Report {
                     ("vg_attr", Some("Attr"), "wz--n-".into()),
                     ("vg_size", Some("VSize"), units.format(vg.size_bytes())),
                     ("vg_free", Some("VFree"), units.format(vg.free_bytes())),
-                    ("data_percent", Some("Data%"), format!("{:.2}", vg.data_percent())),
+                    (
+                        "data_percent",
+                        Some("Data%"),
+                        format!("{:.2}", vg.data_percent()),
+                    ),
                     ("vg_uuid", None, vg.record.uuid.to_string()),
                     ("vg_extent_size", None, units.format(vg.record.extent_bytes)),
                     ("vg_extent_count", None, vg.pe_count.to_string()),
@@ -93,9 +101,17 @@ impl Report {
                     ("lv_layout", Some("Layout"), lv_layout(lv)),
                     ("lv_uuid", None, r.record.uuid.to_string()),
                     ("lv_active", None, "active".into()),
-                    ("lv_device_open", None, if r.open_by.is_some() { "open" } else { "" }.into()),
+                    (
+                        "lv_device_open",
+                        None,
+                        if r.open_by.is_some() { "open" } else { "" }.into(),
+                    ),
                     ("lv_health_status", None, String::new()),
-                    ("lv_allocated_size", None, units.format(r.mapped_extents * r.extent_bytes)),
+                    (
+                        "lv_allocated_size",
+                        None,
+                        units.format(r.mapped_extents * r.extent_bytes),
+                    ),
                     ("lv_export", None, lv.export_uri.clone()),
                 ]
             })
@@ -155,7 +171,11 @@ impl Report {
 /// LVM's ten attribute characters, as far as they apply.
 fn lv_attr(lv: &LvStatus) -> String {
     let r = &lv.report;
-    let (volume_type, target, zero) = if r.record.thin { ('V', 't', 'z') } else { ('-', '-', '-') };
+    let (volume_type, target, zero) = if r.record.thin {
+        ('V', 't', 'z')
+    } else {
+        ('-', '-', '-')
+    };
     let open = if r.open_by.is_some() { 'o' } else { '-' };
     format!("{volume_type}wi-a{open}{target}{zero}--")
 }
@@ -178,12 +198,30 @@ pub fn pvdisplay(pv: &PvStatus) -> String {
     line("PV Name", r.record.path.display().to_string());
     line("VG Name", r.vg_name.clone().unwrap_or_default());
     line("PV Size", units.format(r.record.size_bytes));
-    line("Allocatable", if r.vg_name.is_some() { "yes" } else { "NO" }.into());
-    line("PE Size", if extent > 0 { units.format(extent) } else { "0".into() });
+    line(
+        "Allocatable",
+        if r.vg_name.is_some() { "yes" } else { "NO" }.into(),
+    );
+    line(
+        "PE Size",
+        if extent > 0 {
+            units.format(extent)
+        } else {
+            "0".into()
+        },
+    );
     line("Total PE", r.pe_count.to_string());
     line("Free PE", (r.pe_count - r.pe_alloc).to_string());
     line("Allocated PE", r.pe_alloc.to_string());
-    line("PV State", pv.state.clone() + &pv.problem.as_ref().map(|p| format!(" ({p})")).unwrap_or_default());
+    line(
+        "PV State",
+        pv.state.clone()
+            + &pv
+                .problem
+                .as_ref()
+                .map(|p| format!(" ({p})"))
+                .unwrap_or_default(),
+    );
     line("PV UUID", r.record.uuid.to_string());
     out
 }
@@ -208,8 +246,17 @@ pub fn vgdisplay(vg: &VgReport, reports: &Reports) -> String {
     line("VG Size", units.format(vg.size_bytes()));
     line("PE Size", units.format(vg.record.extent_bytes));
     line("Total PE", vg.pe_count.to_string());
-    line("Alloc PE / Size", format!("{allocated} / {}", units.format(allocated * vg.record.extent_bytes)));
-    line("Free  PE / Size", format!("{} / {}", vg.pe_free, units.format(vg.free_bytes())));
+    line(
+        "Alloc PE / Size",
+        format!(
+            "{allocated} / {}",
+            units.format(allocated * vg.record.extent_bytes)
+        ),
+    );
+    line(
+        "Free  PE / Size",
+        format!("{} / {}", vg.pe_free, units.format(vg.free_bytes())),
+    );
     line("Data%", format!("{:.2}", vg.data_percent()));
     line("LV Size (total)", units.format(vg.lv_size_bytes));
     line("VG UUID", vg.record.uuid.to_string());
@@ -227,10 +274,18 @@ pub fn lvdisplay(lv: &LvStatus) -> String {
     line("LV UUID", r.record.uuid.to_string());
     line("LV Write Access", "read/write".into());
     line("LV Status", "available".into());
-    line("# open", r.open_by.as_ref().map_or("0".into(), |holder| format!("1 ({holder})")));
+    line(
+        "# open",
+        r.open_by
+            .as_ref()
+            .map_or("0".into(), |holder| format!("1 ({holder})")),
+    );
     line("LV Size", units.format(r.record.size_bytes));
     line("Current LE", r.extent_count.to_string());
-    line("Allocation", if r.record.thin { "thin" } else { "thick" }.into());
+    line(
+        "Allocation",
+        if r.record.thin { "thin" } else { "thick" }.into(),
+    );
     line("Mapped LE", r.mapped_extents.to_string());
     line("Mapped size", format!("{:.2}%", r.data_percent()));
     line("Layout", lv_layout(lv));
@@ -246,8 +301,14 @@ mod tests {
         Report {
             key: "lv",
             rows: vec![
-                vec![("lv_name", Some("LV"), "a".into()), ("lv_uuid", None, "u1".into())],
-                vec![("lv_name", Some("LV"), "longer".into()), ("lv_uuid", None, "u2".into())],
+                vec![
+                    ("lv_name", Some("LV"), "a".into()),
+                    ("lv_uuid", None, "u1".into()),
+                ],
+                vec![
+                    ("lv_name", Some("LV"), "longer".into()),
+                    ("lv_uuid", None, "u2".into()),
+                ],
             ],
         }
     }

@@ -33,7 +33,12 @@ pub struct VolumeRegistry {
 }
 
 impl VolumeRegistry {
-    pub fn new(service: Arc<Service>, map: Arc<dyn MapService>, pvs: PvSet, options: VolumeOptions) -> Arc<Self> {
+    pub fn new(
+        service: Arc<Service>,
+        map: Arc<dyn MapService>,
+        pvs: PvSet,
+        options: VolumeOptions,
+    ) -> Arc<Self> {
         Arc::new_cyclic(|me| VolumeRegistry {
             me: me.clone(),
             service,
@@ -65,7 +70,9 @@ impl VolumeRegistry {
 
     async fn release(&self, name: &str) {
         let mut open = self.open.lock().await;
-        let Some(entry) = open.get_mut(name) else { return };
+        let Some(entry) = open.get_mut(name) else {
+            return;
+        };
         entry.users -= 1;
         if entry.users > 0 {
             return;
@@ -104,7 +111,10 @@ struct ExportGuard {
 
 impl Drop for ExportGuard {
     fn drop(&mut self) {
-        let (Some(registry), Ok(runtime)) = (self.registry.upgrade(), tokio::runtime::Handle::try_current()) else {
+        let (Some(registry), Ok(runtime)) = (
+            self.registry.upgrade(),
+            tokio::runtime::Handle::try_current(),
+        ) else {
             return;
         };
         let name = std::mem::take(&mut self.name);
@@ -142,13 +152,19 @@ impl Exports for VolumeRegistry {
                 entry.volume.clone()
             }
             None => {
-                let volume = ThinVolume::open(self.map.clone(), self.pvs.clone(), vg, lv, self.options.clone())
-                    .await
-                    .map_err(|e| match e.kind() {
-                        ErrorKind::NotFound => ExportError::Unknown,
-                        ErrorKind::Busy => ExportError::Busy(e.to_string()),
-                        _ => ExportError::Failed(e.to_string()),
-                    })?;
+                let volume = ThinVolume::open(
+                    self.map.clone(),
+                    self.pvs.clone(),
+                    vg,
+                    lv,
+                    self.options.clone(),
+                )
+                .await
+                .map_err(|e| match e.kind() {
+                    ErrorKind::NotFound => ExportError::Unknown,
+                    ErrorKind::Busy => ExportError::Busy(e.to_string()),
+                    _ => ExportError::Failed(e.to_string()),
+                })?;
                 let volume = Arc::new(volume);
                 open.insert(
                     name.to_string(),

@@ -6,7 +6,9 @@ use metadata::model::DEFAULT_EXTENT_BYTES;
 use metadata::{LvRecord, MetaResult, VgRecord};
 
 use super::Server;
-use crate::api::{ApiError, ChangeVg, CreateLv, CreateVg, ExtendLv, LvName, LvStatus, RemoveVg, Reports};
+use crate::api::{
+    ApiError, ChangeVg, CreateLv, CreateVg, ExtendLv, LvName, LvStatus, RemoveVg, Reports,
+};
 
 impl Server {
     /// Runs a metadata call on the blocking pool (RocksDB syncs block).
@@ -32,12 +34,14 @@ impl Server {
     pub async fn extend_vg(&self, request: ChangeVg) -> Result<VgRecord, ApiError> {
         let _turn = self.manage.lock().await;
         self.require_online(&request.pvs)?;
-        self.metadata(move |s| s.extend_vg(&request.name, &request.pvs)).await
+        self.metadata(move |s| s.extend_vg(&request.name, &request.pvs))
+            .await
     }
 
     pub async fn reduce_vg(&self, request: ChangeVg) -> Result<VgRecord, ApiError> {
         let _turn = self.manage.lock().await;
-        self.metadata(move |s| s.reduce_vg(&request.name, &request.pvs)).await
+        self.metadata(move |s| s.reduce_vg(&request.name, &request.pvs))
+            .await
     }
 
     /// Removes a VG; with `force`, its LVs first. Refused up front, with
@@ -54,12 +58,16 @@ impl Server {
             if let Some(open) = lvs.iter().find(|lv| lv.open_by.is_some()) {
                 return Err(ApiError::new(
                     "busy",
-                    format!("logical volume \"{}/{}\" is in use", request.name, open.record.name),
+                    format!(
+                        "logical volume \"{}/{}\" is in use",
+                        request.name, open.record.name
+                    ),
                 ));
             }
             for lv in lvs {
                 let vg = request.name.clone();
-                self.metadata(move |s| s.remove_lv(&vg, &lv.record.name)).await?;
+                self.metadata(move |s| s.remove_lv(&vg, &lv.record.name))
+                    .await?;
             }
         }
         self.metadata(move |s| s.remove_vg(&request.name)).await
@@ -67,8 +75,10 @@ impl Server {
 
     pub async fn create_lv(&self, request: CreateLv) -> Result<LvRecord, ApiError> {
         let _turn = self.manage.lock().await;
-        self.metadata(move |s| s.create_lv(&request.vg, &request.name, request.size_bytes, request.thin))
-            .await
+        self.metadata(move |s| {
+            s.create_lv(&request.vg, &request.name, request.size_bytes, request.thin)
+        })
+        .await
     }
 
     pub async fn extend_lv(&self, request: ExtendLv) -> Result<LvRecord, ApiError> {
@@ -76,14 +86,19 @@ impl Server {
         let (vg, name) = (request.vg.clone(), request.name.clone());
         let current = self.metadata(move |s| s.lookup_lv(&vg, &name)).await?.0;
         let size_bytes = if request.relative {
-            current.size_bytes.checked_add(request.size_bytes).ok_or_else(|| {
-                ApiError::new("invalid_argument", "new size is too large".to_string())
-            })?
+            current
+                .size_bytes
+                .checked_add(request.size_bytes)
+                .ok_or_else(|| {
+                    ApiError::new("invalid_argument", "new size is too large".to_string())
+                })?
         } else {
             request.size_bytes
         };
         let (vg, name) = (request.vg.clone(), request.name.clone());
-        let grown = self.metadata(move |s| s.extend_lv(&vg, &name, size_bytes)).await?;
+        let grown = self
+            .metadata(move |s| s.extend_lv(&vg, &name, size_bytes))
+            .await?;
         self.volumes
             .refresh(&format!("{}/{}", request.vg, request.name))
             .await?;
@@ -92,7 +107,8 @@ impl Server {
 
     pub async fn remove_lv(&self, request: LvName) -> Result<LvRecord, ApiError> {
         let _turn = self.manage.lock().await;
-        self.metadata(move |s| s.remove_lv(&request.vg, &request.name)).await
+        self.metadata(move |s| s.remove_lv(&request.vg, &request.name))
+            .await
     }
 
     pub fn reports(&self) -> Reports {
@@ -104,7 +120,10 @@ impl Server {
                 .lv_reports()
                 .into_iter()
                 .map(|report| LvStatus {
-                    export_uri: format!("nbd://{}/{}/{}", self.nbd_address, report.vg_name, report.record.name),
+                    export_uri: format!(
+                        "nbd://{}/{}/{}",
+                        self.nbd_address, report.vg_name, report.record.name
+                    ),
                     report,
                 })
                 .collect(),

@@ -60,7 +60,8 @@ impl Server {
 }
 
 pub async fn run(data_dir: PathBuf, socket: PathBuf, args: ServeArgs) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
     let data_dir = data_dir.canonicalize()?;
     let meta_dir = data_dir.join("meta");
     let service = Service::open_rocksdb(&meta_dir).map_err(|e| {
@@ -73,7 +74,9 @@ pub async fn run(data_dir: PathBuf, socket: PathBuf, args: ServeArgs) -> anyhow:
     let service = Arc::new(service);
     let reclaimed = service.reclaim_all_reservations()?;
     if reclaimed > 0 {
-        tracing::info!("returned {reclaimed} extents reserved by the previous run to the free pool");
+        tracing::info!(
+            "returned {reclaimed} extents reserved by the previous run to the free pool"
+        );
     }
 
     let file_options = FileOptions {
@@ -122,12 +125,18 @@ pub async fn run(data_dir: PathBuf, socket: PathBuf, args: ServeArgs) -> anyhow:
 
     let router = routes::router(server.clone());
     if socket.exists() {
-        std::fs::remove_file(&socket).with_context(|| format!("removing stale {}", socket.display()))?;
+        std::fs::remove_file(&socket)
+            .with_context(|| format!("removing stale {}", socket.display()))?;
     }
-    let unix = tokio::net::UnixListener::bind(&socket).with_context(|| format!("binding {}", socket.display()))?;
+    let unix = tokio::net::UnixListener::bind(&socket)
+        .with_context(|| format!("binding {}", socket.display()))?;
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut api_tasks = vec![tokio::spawn(serve_api(unix, router.clone(), stop_rx.clone()))];
+    let mut api_tasks = vec![tokio::spawn(serve_api(
+        unix,
+        router.clone(),
+        stop_rx.clone(),
+    ))];
     if let Some(address) = args.api_listen {
         let tcp = tokio::net::TcpListener::bind(address)
             .await
@@ -162,8 +171,11 @@ pub async fn run(data_dir: PathBuf, socket: PathBuf, args: ServeArgs) -> anyhow:
     Ok(())
 }
 
-async fn serve_api<L>(listener: L, router: axum::Router, mut stop: tokio::sync::watch::Receiver<bool>)
-where
+async fn serve_api<L>(
+    listener: L,
+    router: axum::Router,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) where
     L: axum::serve::Listener,
     L::Addr: std::fmt::Debug,
 {

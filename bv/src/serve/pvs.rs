@@ -41,7 +41,8 @@ impl Server {
     }
 
     async fn open_pv(&self, record: &PvRecord) -> Result<(), String> {
-        let device = FileDevice::open(&record.path, self.file_options).map_err(|e| e.to_string())?;
+        let device =
+            FileDevice::open(&record.path, self.file_options).map_err(|e| e.to_string())?;
         device.lock_exclusive().map_err(|e| e.to_string())?;
         match read_label(&device).await.map_err(|e| e.to_string())? {
             Some(label) if label.uuid == record.uuid => {}
@@ -74,9 +75,17 @@ impl Server {
         let _turn = self.manage.lock().await;
         let path = request.path.as_path();
         if !path.is_absolute() {
-            return Err(invalid(format!("\"{}\": give an absolute path", path.display())));
+            return Err(invalid(format!(
+                "\"{}\": give an absolute path",
+                path.display()
+            )));
         }
-        if self.service.pv_reports().iter().any(|pv| pv.record.path == path) {
+        if self
+            .service
+            .pv_reports()
+            .iter()
+            .any(|pv| pv.record.path == path)
+        {
             return Err(ApiError::new(
                 "already_exists",
                 format!("physical volume \"{}\" already exists", path.display()),
@@ -160,7 +169,10 @@ impl Server {
             .into_iter()
             .find(|pv| pv.record.path == path)
             .ok_or_else(|| {
-                ApiError::new("not_found", format!("physical volume \"{}\" not found", path.display()))
+                ApiError::new(
+                    "not_found",
+                    format!("physical volume \"{}\" not found", path.display()),
+                )
             })?;
         if let Some(vg) = &report.vg_name {
             return Err(ApiError::new(
