@@ -29,13 +29,21 @@ fn map(uri: &str) -> Vec<(u64, u64, String)> {
     out.lines()
         .map(|line| {
             let fields: Vec<&str> = line.split_whitespace().collect();
-            (fields[0].parse().unwrap(), fields[1].parse().unwrap(), fields[3].to_string())
+            (
+                fields[0].parse().unwrap(),
+                fields[1].parse().unwrap(),
+                fields[3].to_string(),
+            )
         })
         .collect()
 }
 
 fn data_percent(server: &Server, vg: &str, lv: &str) -> f64 {
-    server.lv_report(vg, lv)["data_percent"].as_str().unwrap().parse().unwrap()
+    server.lv_report(vg, lv)["data_percent"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 #[test]
@@ -53,14 +61,32 @@ fn qemu_img_convert_round_trip_keeps_holes() {
 
     let uri = server.uri("vg/disk");
     let source_arg = source.to_str().unwrap();
-    run_ok(Command::new("qemu-img").args(["convert", "-n", "-f", "raw", "-O", "raw", source_arg, &uri]), LIMIT);
-    let copy = server.path("copy.img");
     run_ok(
-        Command::new("qemu-img").args(["convert", "-f", "raw", "-O", "raw", &uri, copy.to_str().unwrap()]),
+        Command::new("qemu-img")
+            .args(["convert", "-n", "-f", "raw", "-O", "raw", source_arg, &uri]),
         LIMIT,
     );
-    assert!(std::fs::read(&copy).unwrap() == image, "image differs after the round trip");
-    run_ok(Command::new("qemu-img").args(["compare", "-f", "raw", "-F", "raw", source_arg, &uri]), LIMIT);
+    let copy = server.path("copy.img");
+    run_ok(
+        Command::new("qemu-img").args([
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "raw",
+            &uri,
+            copy.to_str().unwrap(),
+        ]),
+        LIMIT,
+    );
+    assert!(
+        std::fs::read(&copy).unwrap() == image,
+        "image differs after the round trip"
+    );
+    run_ok(
+        Command::new("qemu-img").args(["compare", "-f", "raw", "-F", "raw", source_arg, &uri]),
+        LIMIT,
+    );
 
     // Only the data was allocated: 6 of 32 extents.
     assert_eq!(data_percent(&server, "vg", "disk"), 18.75);
@@ -73,7 +99,10 @@ fn qemu_img_convert_round_trip_keeps_holes() {
             (64 << 20, 64 << 20, "hole,zero".to_string()),
         ]
     );
-    let qemu_map = run_ok(Command::new("qemu-img").args(["map", "-f", "raw", "--output=json", &uri]), LIMIT);
+    let qemu_map = run_ok(
+        Command::new("qemu-img").args(["map", "-f", "raw", "--output=json", &uri]),
+        LIMIT,
+    );
     let qemu_map: Value = serde_json::from_str(&qemu_map).unwrap();
     assert_eq!(qemu_map[1]["data"], true);
     assert_eq!(qemu_map[1]["start"], 40 << 20);
@@ -98,14 +127,47 @@ fn qemu_io_reads_writes_discards_and_zeroes() {
             "flush",
         ],
     );
-    qemu_io(&uri, &["read -P 0xab 0 1M", "read -P 0xcd 1M 64k", "read -P 0x22 13M 512k"]);
+    qemu_io(
+        &uri,
+        &[
+            "read -P 0xab 0 1M",
+            "read -P 0xcd 1M 64k",
+            "read -P 0x22 13M 512k",
+        ],
+    );
     // Zeroes: partial chunk (4 KiB), whole chunks, with and without unmap, with FUA.
-    qemu_io(&uri, &["write -z 8k 4k", "read -P 0 8k 4k", "read -P 0xab 0 8k", "read -P 0xab 12k 1012k"]);
-    qemu_io(&uri, &["write -z -u 4M 4M", "read -P 0 4M 4M", "write -z -f 1M 64k", "read -P 0 1M 64k"]);
-    qemu_io(&uri, &["discard 12M 2M", "write -P 0x44 12M 4k", "read -P 0x44 12M 4k", "flush"]);
+    qemu_io(
+        &uri,
+        &[
+            "write -z 8k 4k",
+            "read -P 0 8k 4k",
+            "read -P 0xab 0 8k",
+            "read -P 0xab 12k 1012k",
+        ],
+    );
+    qemu_io(
+        &uri,
+        &[
+            "write -z -u 4M 4M",
+            "read -P 0 4M 4M",
+            "write -z -f 1M 64k",
+            "read -P 0 1M 64k",
+        ],
+    );
+    qemu_io(
+        &uri,
+        &[
+            "discard 12M 2M",
+            "write -P 0x44 12M 4k",
+            "read -P 0x44 12M 4k",
+            "flush",
+        ],
+    );
     let status = map(&uri);
     assert!(
-        status.iter().any(|(start, len, kind)| *start <= 4 << 20 && start + len >= 8 << 20 && kind == "hole,zero"),
+        status.iter().any(|(start, len, kind)| *start <= 4 << 20
+            && start + len >= 8 << 20
+            && kind == "hole,zero"),
         "write -z -u gave extent 1 back: {status:?}"
     );
     // Reads of never-written space are zeroes.
@@ -124,12 +186,28 @@ fn nbdinfo_reports_the_export() {
     assert_eq!(export["export-name"], "vg/disk");
     assert_eq!(export["export-size"], 100 << 20);
     assert_eq!(export["block_size_minimum"], 4096);
-    for flag in ["can_flush", "can_fua", "can_trim", "can_zero", "can_fast_zero", "can_multi_conn", "can_df", "can_cache"] {
+    for flag in [
+        "can_flush",
+        "can_fua",
+        "can_trim",
+        "can_zero",
+        "can_fast_zero",
+        "can_multi_conn",
+        "can_df",
+        "can_cache",
+    ] {
         assert_eq!(export[flag], true, "{flag}: {out}");
     }
     assert_eq!(export["is_read_only"], false);
-    assert!(export["contexts"].as_array().unwrap().iter().any(|c| c == "base:allocation"));
-    let list = run_ok(Command::new("nbdinfo").args(["--list", "--json", &server.uri("")]), LIMIT);
+    assert!(export["contexts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c == "base:allocation"));
+    let list = run_ok(
+        Command::new("nbdinfo").args(["--list", "--json", &server.uri("")]),
+        LIMIT,
+    );
     let list: Value = serde_json::from_str(&list).unwrap();
     assert_eq!(list["exports"].as_array().unwrap().len(), 1);
     // An unknown export is refused cleanly.
@@ -147,7 +225,13 @@ fn nbdcopy_over_several_connections() {
     random_file(&source, 96 * MIB, 11);
     let source_arg = source.to_str().unwrap();
     run_ok(
-        Command::new("nbdcopy").args(["--connections=4", "--requests=64", "--flush", source_arg, &server.uri("vg/a")]),
+        Command::new("nbdcopy").args([
+            "--connections=4",
+            "--requests=64",
+            "--flush",
+            source_arg,
+            &server.uri("vg/a"),
+        ]),
         LIMIT,
     );
     // LV to LV, then out to a file.
@@ -156,7 +240,10 @@ fn nbdcopy_over_several_connections() {
         LIMIT,
     );
     let copy = server.path("copy.img");
-    run_ok(Command::new("nbdcopy").args([&server.uri("vg/b"), copy.to_str().unwrap()]), LIMIT);
+    run_ok(
+        Command::new("nbdcopy").args([&server.uri("vg/b"), copy.to_str().unwrap()]),
+        LIMIT,
+    );
     assert!(std::fs::read(&copy).unwrap() == std::fs::read(&source).unwrap());
     assert_eq!(data_percent(&server, "vg", "b"), 100.0);
 }
@@ -172,7 +259,10 @@ fn concurrent_clients_on_one_and_several_lvs() {
             let uri = server.uri(if i % 2 == 0 { "vg/shared" } else { "vg/other" });
             std::thread::spawn(move || {
                 let offset = format!("{}M", u32::from(i) * 8);
-                qemu_io(&uri, &[&format!("write -P {} {offset} 6M", 0x30 + i), "flush"]);
+                qemu_io(
+                    &uri,
+                    &[&format!("write -P {} {offset} 6M", 0x30 + i), "flush"],
+                );
             })
         })
         .collect();
@@ -181,7 +271,10 @@ fn concurrent_clients_on_one_and_several_lvs() {
     }
     for i in 0..6u8 {
         let uri = server.uri(if i % 2 == 0 { "vg/shared" } else { "vg/other" });
-        qemu_io(&uri, &[&format!("read -P {} {}M 6M", 0x30 + i, u32::from(i) * 8)]);
+        qemu_io(
+            &uri,
+            &[&format!("read -P {} {}M 6M", 0x30 + i, u32::from(i) * 8)],
+        );
     }
 }
 
@@ -194,7 +287,12 @@ fn lvextend_is_seen_by_new_connections() {
     // Keep a connection open across the resize.
     let holder = {
         let uri = uri.clone();
-        std::thread::spawn(move || qemu_io(&uri, &["write -P 0x5a 0 1M", "sleep 1500", "read -P 0x5a 0 1M"]))
+        std::thread::spawn(move || {
+            qemu_io(
+                &uri,
+                &["write -P 0x5a 0 1M", "sleep 1500", "read -P 0x5a 0 1M"],
+            )
+        })
     };
     std::thread::sleep(Duration::from_millis(500));
     server.bv_ok(&["lvextend", "-L", "+32m", "vg/disk"]);
@@ -214,15 +312,32 @@ fn a_full_pool_fails_fast_without_harming_other_lvs() {
     qemu_io(&server.uri("vg/b"), &["write -P 0xbb 0 8M", "flush"]);
     let uri_a = server.uri("vg/a");
     let output = run_with_limit(
-        Command::new("qemu-io").args(["-f", "raw", "-c", "write -P 0xaa 0 56M", "-c", "flush", &uri_a]),
+        Command::new("qemu-io").args([
+            "-f",
+            "raw",
+            "-c",
+            "write -P 0xaa 0 56M",
+            "-c",
+            "flush",
+            &uri_a,
+        ]),
         LIMIT,
     );
-    let text = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
     assert!(text.contains("No space left on device"), "{text}");
-    let vg: Value = serde_json::from_str(&server.bv_ok(&["vgs", "--reportformat", "json"])).unwrap();
+    let vg: Value =
+        serde_json::from_str(&server.bv_ok(&["vgs", "--reportformat", "json"])).unwrap();
     assert_eq!(vg["report"][0]["vg"][0]["data_percent"], "100.00");
     // B's allocated data is intact and still writable.
-    qemu_io(&server.uri("vg/b"), &["read -P 0xbb 0 8M", "write -P 0xbc 4M 1M", "read -P 0xbc 4M 1M"]);
+    qemu_io(
+        &server.uri("vg/b"),
+        &[
+            "read -P 0xbb 0 8M",
+            "write -P 0xbc 4M 1M",
+            "read -P 0xbc 4M 1M",
+        ],
+    );
     // A new extent for B fails at once too.
     let output = run_with_limit(
         Command::new("qemu-io").args(["-f", "raw", "-c", "write -P 1 32M 4k", &server.uri("vg/b")]),
@@ -232,7 +347,14 @@ fn a_full_pool_fails_fast_without_harming_other_lvs() {
     // Discarding A gives the space back.
     qemu_io(&uri_a, &["discard 0 64M", "flush"]);
     assert_eq!(data_percent(&server, "vg", "a"), 0.0);
-    qemu_io(&server.uri("vg/b"), &["write -P 0xb2 32M 4M", "read -P 0xb2 32M 4M", "read -P 0xbb 0 4M"]);
+    qemu_io(
+        &server.uri("vg/b"),
+        &[
+            "write -P 0xb2 32M 4M",
+            "read -P 0xb2 32M 4M",
+            "read -P 0xbb 0 4M",
+        ],
+    );
 }
 
 #[test]
@@ -253,5 +375,8 @@ fn a_malformed_peer_does_not_disturb_others() {
     // A peer that connects and vanishes mid-handshake.
     drop(std::net::TcpStream::connect(address).unwrap());
     // Everyone else is served as before.
-    qemu_io(&server.uri("vg/disk"), &["write -P 0x42 0 64k", "read -P 0x42 0 64k"]);
+    qemu_io(
+        &server.uri("vg/disk"),
+        &["write -P 0x42 0 64k", "read -P 0x42 0 64k"],
+    );
 }
