@@ -127,7 +127,7 @@ impl IoBufMut {
 
     /// True when both the address and the length suit `O_DIRECT`.
     pub fn is_aligned(&self) -> bool {
-        self.start % IO_ALIGN == 0 && self.len % IO_ALIGN == 0
+        self.start.is_multiple_of(IO_ALIGN) && self.len.is_multiple_of(IO_ALIGN)
     }
 }
 
@@ -208,7 +208,7 @@ impl IoBuf {
 
     /// True when both the address and the length suit `O_DIRECT`.
     pub fn is_aligned(&self) -> bool {
-        self.start % IO_ALIGN == 0 && self.len % IO_ALIGN == 0
+        self.start.is_multiple_of(IO_ALIGN) && self.len.is_multiple_of(IO_ALIGN)
     }
 }
 

@@ -38,7 +38,7 @@ impl<D: BlockDevice> Checked<D> {
     fn check_range(&self, op: &str, offset_bytes: u64, len_bytes: u64) -> BlockResult<()> {
         let info = self.inner.info();
         let block = u64::from(info.block_bytes);
-        if offset_bytes % block != 0 || len_bytes % block != 0 {
+        if !offset_bytes.is_multiple_of(block) || !len_bytes.is_multiple_of(block) {
             return Err(self.violation(
                 ErrorKind::Unaligned,
                 format!("{op} at {offset_bytes}+{len_bytes} is not {block}-byte aligned"),
