@@ -33,6 +33,7 @@ use blockvirt::IoBufMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use super::commands::{self, command_name, error_reply, Context, Failure, Part, Reply};
 use super::proto::{cmd, decode_request, err, REQUEST_BYTES};
@@ -78,7 +79,7 @@ pub(crate) async fn serve<R, W>(
     let ctx = Arc::new(Context::new(&session));
     let permits = Arc::new(Semaphore::new(limits.max_in_flight as usize));
     let (replies, reply_queue) = mpsc::channel(limits.max_in_flight as usize);
-    let mut writer_task = tokio::spawn(write_loop(writer, reply_queue));
+    let mut writer_task = tokio::spawn(write_loop(writer, reply_queue).in_current_span());
 
     let mut shutting_down = false;
     let end = {
@@ -288,27 +289,33 @@ where
         let replies = replies.clone();
         // The supervisor owns the permit: it is released only once the
         // reply is queued, so "all permits free" means "nothing in flight".
-        tokio::spawn(async move {
-            let cookie = request.cookie;
-            let work: JoinHandle<Reply> = tokio::spawn({
-                let ctx = ctx.clone();
-                async move { commands::execute(&ctx, request, op, payload).await }
-            });
-            let reply = match work.await {
-                Ok(reply) => reply,
-                Err(e) => {
-                    tracing::error!(cookie, "{name} task failed: {e}");
-                    let failure =
-                        Failure::new(err::EIO, format!("internal error while handling {name}"));
-                    error_reply(&ctx, cookie, &failure)
-                }
-            };
-            // A closed queue means the connection is gone; nobody to tell.
-            let _ = replies.send(reply).await;
-            drop(replies);
-            drop(ctx);
-            drop(permit);
-        });
+        tokio::spawn(
+            async move {
+                let cookie = request.cookie;
+                let work: JoinHandle<Reply> = tokio::spawn(
+                    {
+                        let ctx = ctx.clone();
+                        async move { commands::execute(&ctx, request, op, payload).await }
+                    }
+                    .in_current_span(),
+                );
+                let reply = match work.await {
+                    Ok(reply) => reply,
+                    Err(e) => {
+                        tracing::error!(cookie, "{name} task failed: {e}");
+                        let failure =
+                            Failure::new(err::EIO, format!("internal error while handling {name}"));
+                        error_reply(&ctx, cookie, &failure)
+                    }
+                };
+                // A closed queue means the connection is gone; nobody to tell.
+                let _ = replies.send(reply).await;
+                drop(replies);
+                drop(ctx);
+                drop(permit);
+            }
+            .in_current_span(),
+        );
     }
 }
 
