@@ -70,9 +70,13 @@ pub struct NbdConfig {
     /// Where to listen; default `127.0.0.1:10809` (not every interface:
     /// there is no authentication yet).
     pub listen: SocketAddr,
-    /// Requests one connection may have in flight (and WRITE payloads it may
-    /// hold in memory) at once; 1 to 4096, default 64.
+    /// Requests one connection may have in flight at once (a reply counts
+    /// until it is written); 1 to 4096, default 64.
     pub max_in_flight: usize,
+    /// Bytes of READ and WRITE data one connection may hold in memory at
+    /// once; default 256 MiB. A single request larger than this still runs,
+    /// alone.
+    pub max_buffer_bytes: usize,
     /// A client must finish option haggling within this time; it bounds
     /// how long an idle or slow peer holds a connection slot. Default 30 s.
     pub handshake_timeout: Duration,
@@ -86,6 +90,7 @@ impl Default for NbdConfig {
         NbdConfig {
             listen: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, NBD_PORT)),
             max_in_flight: 64,
+            max_buffer_bytes: 256 << 20,
             handshake_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(30),
         }
@@ -219,6 +224,7 @@ async fn connection(
     };
     let limits = Limits {
         max_in_flight: config.max_in_flight.clamp(1, 4096) as u32,
+        max_buffer_bytes: config.max_buffer_bytes,
         shutdown_grace: config.shutdown_grace,
     };
     let (reader, writer) = stream.into_split();

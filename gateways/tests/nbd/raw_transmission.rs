@@ -244,6 +244,51 @@ async fn many_requests_in_flight_are_all_answered_out_of_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_buffer_budget_still_serves_requests_larger_than_itself() {
+    // 64 KiB of buffer for the whole connection, 1 MiB requests: each one
+    // runs alone, none waits forever.
+    let config = gateways::nbd::NbdConfig {
+        max_in_flight: 4,
+        max_buffer_bytes: 64 << 10,
+        ..Default::default()
+    };
+    let fixture = Fixture::start_with(vec![ExportSpec::new("lv", 16 * MIB)], config).await;
+    let mut client = RawClient::connect(fixture.addr).await;
+    client.go("lv", false).await;
+    for i in 0..8u64 {
+        let payload = vec![i as u8 + 1; MIB as usize];
+        client
+            .request(0, CMD_WRITE, i, i * MIB, MIB as u32, &payload)
+            .await;
+    }
+    for i in 8..16u64 {
+        client
+            .request(0, CMD_READ, i, (i - 8) * MIB, MIB as u32, &[])
+            .await;
+    }
+    let mut answered = HashSet::new();
+    for _ in 0..16 {
+        let reply = client.reply().await;
+        assert_eq!(reply.error(), 0, "{reply:?}");
+        if let Reply::Simple { cookie, data, .. } = &reply {
+            if *cookie >= 8 {
+                // Each request needs the whole budget, so they ran one at a
+                // time in order: every read sees its block's write.
+                let expected = (*cookie - 8) as u8 + 1;
+                assert!(data.iter().all(|&b| b == expected), "read {cookie}");
+            }
+        }
+        answered.insert(reply.cookie());
+    }
+    assert_eq!(answered, (0..16).collect::<HashSet<u64>>());
+    for i in 0..8u64 {
+        let bytes = file_bytes(fixture.file("lv"), i * MIB, MIB as usize);
+        assert!(bytes.iter().all(|&b| b == i as u8 + 1), "write {i}");
+    }
+    fixture.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_finishes_in_flight_requests_and_refuses_new_ones() {
     let (spec, gate) = gated("lv");
     let mut fixture = Fixture::start(vec![spec]).await;
