@@ -155,8 +155,11 @@ where
         tracing::debug!(option, len_bytes = header.len_bytes, "NBD option");
 
         if *self.shutdown.borrow() && option != opt::ABORT {
-            self.error(option, rep::ERR_SHUTDOWN, "server is shutting down")
-                .await?;
+            // EXPORT_NAME has no error reply: hanging up is the only answer.
+            if option != opt::EXPORT_NAME {
+                self.error(option, rep::ERR_SHUTDOWN, "server is shutting down")
+                    .await?;
+            }
             return Err(HandshakeError::Shutdown);
         }
         match option {

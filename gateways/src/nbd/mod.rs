@@ -1,9 +1,10 @@
 //! The NBD server: Blockvirt's VM-disk path.
 //!
 //! It serves any number of exports (one per logical volume, named `VG/LV`)
-//! on one TCP port to QEMU, qemu-img/qemu-io, libnbd's tools and the Linux
-//! kernel client, speaking the fixed newstyle protocol of the reference
-//! document (`doc/proto.md` in the NetworkBlockDevice project).
+//! on one TCP port to QEMU (qemu-img, qemu-io, guests' drives) and libnbd's
+//! tools (nbdinfo, nbdcopy, nbdsh), speaking the fixed newstyle protocol of
+//! the reference document (`doc/proto.md` in the NetworkBlockDevice
+//! project). The integration tests in `tests/nbd/` run those clients.
 //!
 //! ```text
 //!  TCP accept ──> connection task
@@ -20,6 +21,9 @@
 //! and `DF`), `WRITE` (+FUA), `FLUSH`, `TRIM`, `WRITE_ZEROES` (+`NO_HOLE`,
 //! `FAST_ZERO`), `BLOCK_STATUS` (+`REQ_ONE`), `CACHE` and `DISC`; many
 //! requests in flight per connection, replies out of order; multi-conn.
+//! Not yet: TLS, the extended-headers extension (64-bit lengths) and
+//! resize; clients are told `NBD_REP_ERR_POLICY` / `NBD_REP_ERR_UNSUP` and
+//! fall back.
 //!
 //! Why not the `nbd` crate: it negotiates only the export name (no
 //! `NBD_OPT_GO`, no structured replies, no metadata contexts, no trim or
