@@ -329,3 +329,30 @@ async fn info_releases_the_export_and_go_holds_it_until_disconnect() {
     fixture.wait_guards_released().await;
     fixture.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_finishes_the_handshake_is_disconnected() {
+    let config = gateways::nbd::NbdConfig {
+        handshake_timeout: std::time::Duration::from_millis(500),
+        ..Default::default()
+    };
+    let fixture = Fixture::start_with(fixture_exports(), config).await;
+    let mut idle = RawClient::connect(fixture.addr).await;
+    assert!(idle.closed_by_server().await);
+    // Other clients are unaffected.
+    let mut client = RawClient::connect(fixture.addr).await;
+    client.go("vg0/lv0", true).await;
+    fixture.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_connections_still_in_the_handshake() {
+    let mut fixture = Fixture::start(fixture_exports()).await;
+    let mut client = RawClient::connect(fixture.addr).await;
+    let replies = client.option_exchange(OPT_STRUCTURED_REPLY, &[]).await;
+    assert_eq!(replies[0].reply_type, REP_ACK);
+    fixture.begin_shutdown();
+    assert!(client.closed_by_server().await);
+    fixture.wait_stopped().await;
+    assert_eq!(fixture.exports.live_guards(), 0);
+}
