@@ -16,8 +16,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use blockvirt::leaf::{FileDevice, FileOptions};
 use blockvirt::{
-    BlockDevice, BlockError, BlockResult, BufResult, ByteRange, Caps, DeviceInfo, ErrorKind, IoBuf,
-    IoBufMut, StatusExtent, WriteFlags, ZeroFlags,
+    BlockDevice, BlockError, BlockResult, BufResult, ByteRange, Caps, Checked, DeviceInfo,
+    ErrorKind, IoBuf, IoBufMut, StatusExtent, WriteFlags, ZeroFlags,
 };
 use gateways::nbd::{Export, ExportError, ExportListing, Exports, NbdConfig, NbdServer};
 use tokio::sync::{oneshot, Semaphore};
@@ -188,12 +188,16 @@ pub fn sparse_file(dir: &Path, name: &str, size_bytes: u64) -> PathBuf {
     path
 }
 
+/// A file leaf behind `Checked`, so a request outside the contract (out of
+/// range, unaligned, too large, a write to a read-only device) would fail
+/// the test instead of reaching the file.
 pub fn file_device(path: &Path, read_only: bool) -> Arc<dyn BlockDevice> {
     let options = FileOptions {
         read_only,
         ..FileOptions::default()
     };
-    Arc::new(FileDevice::open(path, options).expect("open file device"))
+    let leaf = FileDevice::open(path, options).expect("open file device");
+    Arc::new(Checked::new(leaf))
 }
 
 /// What one export of a fixture is made of.
