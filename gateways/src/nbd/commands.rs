@@ -308,7 +308,7 @@ fn check_range(ctx: &Context, name: &str, request: &Request) -> Result<(), Failu
         ));
     }
     let block = u64::from(ctx.sizes.min_bytes);
-    if offset_bytes % block != 0 || len_bytes % block != 0 {
+    if !offset_bytes.is_multiple_of(block) || !len_bytes.is_multiple_of(block) {
         return Err(Failure::new(
             err::EINVAL,
             format!("{name} at {offset_bytes}+{len_bytes} is not aligned to {block} bytes"),

@@ -155,8 +155,11 @@ where
         tracing::debug!(option, len_bytes = header.len_bytes, "NBD option");
 
         if *self.shutdown.borrow() && option != opt::ABORT {
-            self.error(option, rep::ERR_SHUTDOWN, "server is shutting down")
-                .await?;
+            // EXPORT_NAME has no error reply: hanging up is the only answer.
+            if option != opt::EXPORT_NAME {
+                self.error(option, rep::ERR_SHUTDOWN, "server is shutting down")
+                    .await?;
+            }
             return Err(HandshakeError::Shutdown);
         }
         match option {
@@ -343,14 +346,16 @@ where
             ));
         }
         out.extend_from_slice(&encode_option_reply(option, rep::ACK, &[]));
-        self.send(&out).await?;
-        if option == opt::GO {
-            tracing::debug!(export = %session.export_name, "entering transmission");
-            Ok(Step::Done(Outcome::Transmission(Box::new(session))))
-        } else {
-            // NBD_OPT_INFO only looks: the export (and its guard) goes now.
-            Ok(Step::Continue)
+        if option == opt::INFO {
+            // NBD_OPT_INFO only looks: the export (and its guard) goes
+            // before the client hears the answer.
+            drop(session);
+            self.send(&out).await?;
+            return Ok(Step::Continue);
         }
+        self.send(&out).await?;
+        tracing::debug!(export = %session.export_name, "entering transmission");
+        Ok(Step::Done(Outcome::Transmission(Box::new(session))))
     }
 
     async fn meta_context(&mut self, option: u32, data: &[u8]) -> Result<Step, HandshakeError> {

@@ -1,9 +1,10 @@
 //! The NBD server: Blockvirt's VM-disk path.
 //!
 //! It serves any number of exports (one per logical volume, named `VG/LV`)
-//! on one TCP port to QEMU, qemu-img/qemu-io, libnbd's tools and the Linux
-//! kernel client, speaking the fixed newstyle protocol of the reference
-//! document (`doc/proto.md` in the NetworkBlockDevice project).
+//! on one TCP port to QEMU (qemu-img, qemu-io, guests' drives) and libnbd's
+//! tools (nbdinfo, nbdcopy, nbdsh), speaking the fixed newstyle protocol of
+//! the reference document (`doc/proto.md` in the NetworkBlockDevice
+//! project). The integration tests in `tests/nbd/` run those clients.
 //!
 //! ```text
 //!  TCP accept ──> connection task
@@ -20,6 +21,9 @@
 //! and `DF`), `WRITE` (+FUA), `FLUSH`, `TRIM`, `WRITE_ZEROES` (+`NO_HOLE`,
 //! `FAST_ZERO`), `BLOCK_STATUS` (+`REQ_ONE`), `CACHE` and `DISC`; many
 //! requests in flight per connection, replies out of order; multi-conn.
+//! Not yet: TLS, the extended-headers extension (64-bit lengths) and
+//! resize; clients are told `NBD_REP_ERR_POLICY` / `NBD_REP_ERR_UNSUP` and
+//! fall back.
 //!
 //! Why not the `nbd` crate: it negotiates only the export name (no
 //! `NBD_OPT_GO`, no structured replies, no metadata contexts, no trim or
@@ -70,9 +74,13 @@ pub struct NbdConfig {
     /// Where to listen; default `127.0.0.1:10809` (not every interface:
     /// there is no authentication yet).
     pub listen: SocketAddr,
-    /// Requests one connection may have in flight (and WRITE payloads it may
-    /// hold in memory) at once; 1 to 4096, default 64.
+    /// Requests one connection may have in flight at once (a reply counts
+    /// until it is written); 1 to 4096, default 64.
     pub max_in_flight: usize,
+    /// Bytes of READ and WRITE data one connection may hold in memory at
+    /// once; default 256 MiB. A single request larger than this still runs,
+    /// alone.
+    pub max_buffer_bytes: usize,
     /// A client must finish option haggling within this time; it bounds
     /// how long an idle or slow peer holds a connection slot. Default 30 s.
     pub handshake_timeout: Duration,
@@ -86,6 +94,7 @@ impl Default for NbdConfig {
         NbdConfig {
             listen: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, NBD_PORT)),
             max_in_flight: 64,
+            max_buffer_bytes: 256 << 20,
             handshake_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(30),
         }
@@ -219,6 +228,7 @@ async fn connection(
     };
     let limits = Limits {
         max_in_flight: config.max_in_flight.clamp(1, 4096) as u32,
+        max_buffer_bytes: config.max_buffer_bytes,
         shutdown_grace: config.shutdown_grace,
     };
     let (reader, writer) = stream.into_split();

@@ -11,9 +11,12 @@
 //!   socket write half <── writer task (batches replies, flushes when idle)
 //! ```
 //!
-//! - A semaphore of `max_in_flight` permits bounds the requests (and the
-//!   WRITE payload buffers) held at once; taking every permit is how the
-//!   connection waits for in-flight requests to finish.
+//! - A semaphore of `max_in_flight` permits bounds the requests held at
+//!   once, and a second one bounds the bytes of READ and WRITE buffers
+//!   (`max_buffer_bytes`). A request keeps its permits until its reply has
+//!   been written, so a client that stops reading replies cannot make the
+//!   server buffer without limit. Taking every request permit is how the
+//!   connection waits until nothing is in flight.
 //! - Each request runs in its own task, awaited by a small supervisor task:
 //!   a panic surfaces as a `JoinError` and becomes an `EIO` reply, and the
 //!   connection carries on.
@@ -31,8 +34,10 @@ use std::time::Duration;
 
 use blockvirt::IoBufMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::commands::{self, command_name, error_reply, Context, Failure, Part, Reply};
 use super::proto::{cmd, decode_request, err, REQUEST_BYTES};
@@ -48,7 +53,63 @@ pub(crate) const WRITE_DISCARD_LIMIT_BYTES: u32 = 2 * PORTABLE_PAYLOAD_BYTES;
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
     pub max_in_flight: u32,
+    pub max_buffer_bytes: usize,
     pub shutdown_grace: Duration,
+}
+
+/// READ and WRITE buffers are accounted in units of this size.
+const BUFFER_UNIT_BYTES: usize = 64 << 10;
+
+/// The permits a request holds until its reply is written.
+struct Held {
+    _request: OwnedSemaphorePermit,
+    _buffer: Option<OwnedSemaphorePermit>,
+}
+
+/// A reply on its way to the writer, with the permits it releases there.
+struct Outgoing {
+    reply: Reply,
+    held: Option<Held>,
+}
+
+impl Outgoing {
+    fn unheld(reply: Reply) -> Self {
+        Outgoing { reply, held: None }
+    }
+}
+
+/// The per-connection semaphores.
+struct Budget {
+    requests: Arc<Semaphore>,
+    buffer: Arc<Semaphore>,
+    buffer_units: u32,
+    max_in_flight: u32,
+}
+
+impl Budget {
+    fn new(limits: &Limits) -> Self {
+        let buffer_units = (limits.max_buffer_bytes / BUFFER_UNIT_BYTES).clamp(1, 1 << 20) as u32;
+        Budget {
+            requests: Arc::new(Semaphore::new(limits.max_in_flight as usize)),
+            buffer: Arc::new(Semaphore::new(buffer_units as usize)),
+            buffer_units,
+            max_in_flight: limits.max_in_flight,
+        }
+    }
+
+    /// Buffer units for `len_bytes`; a request larger than the whole budget
+    /// takes all of it (and so runs alone) rather than never running.
+    fn units(&self, len_bytes: u32) -> u32 {
+        (len_bytes as usize)
+            .div_ceil(BUFFER_UNIT_BYTES)
+            .min(self.buffer_units as usize) as u32
+    }
+
+    /// Waits until no request is in flight and every reply is written.
+    async fn drain(&self) {
+        // Never fails: the semaphore is never closed.
+        let _all = self.requests.acquire_many(self.max_in_flight).await;
+    }
 }
 
 /// Why the reader stopped.
@@ -56,6 +117,8 @@ pub(crate) struct Limits {
 enum End {
     /// `NBD_CMD_DISC`: finish in-flight requests, then close.
     Disconnect,
+    /// Server shutdown: in-flight requests are done (or out of time).
+    Shutdown,
     /// The client closed its side between requests.
     Eof,
     /// A violation that ends the connection at once.
@@ -76,31 +139,34 @@ pub(crate) async fn serve<R, W>(
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let ctx = Arc::new(Context::new(&session));
-    let permits = Arc::new(Semaphore::new(limits.max_in_flight as usize));
+    let budget = Arc::new(Budget::new(&limits));
     let (replies, reply_queue) = mpsc::channel(limits.max_in_flight as usize);
-    let mut writer_task = tokio::spawn(write_loop(writer, reply_queue));
+    let mut writer_task = tokio::spawn(write_loop(writer, reply_queue).in_current_span());
+    let mut shutdown_signal = shutdown.clone();
 
-    let mut shutting_down = false;
+    // Set once the server shuts down: everything must be over by then.
+    let mut deadline: Option<Instant> = None;
     let end = {
         let reading = read_loop(
             reader,
             ctx.clone(),
             replies.clone(),
-            permits.clone(),
-            shutdown.clone(),
+            budget.clone(),
+            shutdown,
         );
         tokio::pin!(reading);
-        let mut shutdown_signal = shutdown.clone();
         tokio::select! {
             end = &mut reading => end,
             _ = wait_for_shutdown(&mut shutdown_signal) => {
-                shutting_down = true;
+                let until = Instant::now() + limits.shutdown_grace;
+                deadline = Some(until);
                 tracing::debug!("shutdown: finishing in-flight requests");
                 // Keep reading (new requests get ESHUTDOWN) until the
                 // in-flight ones are done or the client leaves.
                 tokio::select! {
                     end = &mut reading => end,
-                    _ = drain(&permits, limits.max_in_flight) => End::Disconnect,
+                    _ = budget.drain() => End::Shutdown,
+                    _ = tokio::time::sleep_until(until) => End::Shutdown,
                 }
             }
         }
@@ -108,7 +174,7 @@ pub(crate) async fn serve<R, W>(
     };
 
     match &end {
-        End::Disconnect | End::Eof => tracing::debug!(?end, "connection ending"),
+        End::Disconnect | End::Eof | End::Shutdown => tracing::debug!(?end, "connection ending"),
         End::Io(e) => tracing::debug!("connection failed: {e}"),
         End::Violation(why) => {
             tracing::warn!("protocol violation, disconnecting: {why}");
@@ -117,23 +183,23 @@ pub(crate) async fn serve<R, W>(
     }
     // Requests still running touch the device: wait for them before the
     // export (and its guard) is released.
-    let mut shutdown_signal = shutdown.clone();
     finish_in_flight(
-        &permits,
-        limits,
+        &budget,
         &mut writer_task,
         &mut shutdown_signal,
-        shutting_down,
+        deadline,
+        limits.shutdown_grace,
     )
     .await;
     drop(replies);
-    match tokio::time::timeout(limits.shutdown_grace, &mut writer_task).await {
+    let writer_deadline = deadline.unwrap_or_else(|| Instant::now() + limits.shutdown_grace);
+    match tokio::time::timeout_at(writer_deadline, &mut writer_task).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => tracing::debug!("writing replies failed: {e}"),
         Ok(Err(e)) if e.is_cancelled() => {}
         Ok(Err(e)) => tracing::error!("reply writer failed: {e}"),
         Err(_) => {
-            tracing::warn!("client did not take its last replies within the grace period");
+            tracing::warn!("client did not take its last replies in time; closing");
             writer_task.abort();
         }
     }
@@ -142,29 +208,31 @@ pub(crate) async fn serve<R, W>(
     drop(session);
 }
 
-/// Waits for in-flight requests. Once the server is shutting down, a writer
-/// stuck on a client that stopped reading is cut off after the grace period,
-/// so the tasks blocked on queueing their replies can finish.
+/// Waits until nothing is in flight. Once the server is shutting down
+/// (`deadline` set, or set when shutdown arrives meanwhile), a writer stuck
+/// on a client that stopped reading is cut off at the deadline: that drops
+/// the queued replies with their permits and lets blocked tasks finish.
 async fn finish_in_flight(
-    permits: &Semaphore,
-    limits: Limits,
+    budget: &Budget,
     writer_task: &mut JoinHandle<io::Result<()>>,
     shutdown: &mut watch::Receiver<bool>,
-    shutting_down: bool,
+    deadline: Option<Instant>,
+    grace: Duration,
 ) {
-    if !shutting_down {
-        tokio::select! {
-            _ = drain(permits, limits.max_in_flight) => return,
-            _ = wait_for_shutdown(shutdown) => {}
-        }
-    }
-    if tokio::time::timeout(limits.shutdown_grace, drain(permits, limits.max_in_flight))
+    let deadline = match deadline {
+        Some(deadline) => deadline,
+        None => tokio::select! {
+            _ = budget.drain() => return,
+            _ = wait_for_shutdown(shutdown) => Instant::now() + grace,
+        },
+    };
+    if tokio::time::timeout_at(deadline, budget.drain())
         .await
         .is_err()
     {
         tracing::warn!("in-flight requests outlived the shutdown grace period; closing");
         writer_task.abort();
-        drain(permits, limits.max_in_flight).await;
+        budget.drain().await;
     }
 }
 
@@ -173,17 +241,33 @@ async fn wait_for_shutdown(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stopping| *stopping).await;
 }
 
-/// Waits until no request is in flight.
-async fn drain(permits: &Semaphore, max_in_flight: u32) {
-    // Never fails: the semaphore is not closed.
-    let _all = permits.acquire_many(max_in_flight).await;
+/// Queues a reply the reader produced itself (a refusal).
+async fn refuse(
+    replies: &mpsc::Sender<Outgoing>,
+    ctx: &Context,
+    cookie: u64,
+    failure: &Failure,
+) -> Result<(), End> {
+    replies
+        .send(Outgoing::unheld(error_reply(ctx, cookie, failure)))
+        .await
+        .map_err(|_| {
+            End::Io(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "reply writer is gone",
+            ))
+        })
+}
+
+fn shutting_down(shutdown: &watch::Receiver<bool>) -> Option<Failure> {
+    (*shutdown.borrow()).then(|| Failure::new(err::ESHUTDOWN, "server is shutting down"))
 }
 
 async fn read_loop<R>(
     reader: R,
     ctx: Arc<Context>,
-    replies: mpsc::Sender<Reply>,
-    permits: Arc<Semaphore>,
+    replies: mpsc::Sender<Outgoing>,
+    budget: Arc<Budget>,
     shutdown: watch::Receiver<bool>,
 ) -> End
 where
@@ -223,12 +307,11 @@ where
             return End::Violation(format!("WRITE announces a {payload_bytes}-byte payload"));
         }
 
-        let refusal = if *shutdown.borrow() {
-            Err(Failure::new(err::ESHUTDOWN, "server is shutting down"))
-        } else {
-            commands::validate(&ctx, &request)
+        let checked = match shutting_down(&shutdown) {
+            Some(failure) => Err(failure),
+            None => commands::validate(&ctx, &request),
         };
-        let op = match refusal {
+        let op = match checked {
             Ok(op) => op,
             Err(failure) => {
                 if failure.error != err::ESHUTDOWN {
@@ -238,77 +321,90 @@ where
                         failure.message
                     );
                 }
-                if let Err(e) = skip(&mut reader, payload_bytes).await {
-                    return e;
+                if let Err(end) = skip(&mut reader, payload_bytes).await {
+                    return end;
                 }
-                if replies
-                    .send(error_reply(&ctx, request.cookie, &failure))
-                    .await
-                    .is_err()
-                {
-                    return End::Io(io::ErrorKind::BrokenPipe.into());
+                if let Err(end) = refuse(&replies, &ctx, request.cookie, &failure).await {
+                    return end;
                 }
                 continue;
             }
         };
 
-        // Taken before the payload buffer exists, so permits bound memory too.
-        let Ok(permit) = permits.clone().acquire_owned().await else {
+        // Taken before any buffer exists, so the permits bound memory.
+        let Ok(request_permit) = budget.requests.clone().acquire_owned().await else {
             return End::Io(io::Error::other("request permits closed"));
         };
-        if *shutdown.borrow() {
-            drop(permit);
-            if let Err(e) = skip(&mut reader, payload_bytes).await {
-                return e;
+        let buffer_bytes = match request.command {
+            cmd::READ | cmd::WRITE => request.len_bytes,
+            _ => 0,
+        };
+        let buffer_permit = if buffer_bytes == 0 {
+            None
+        } else {
+            let units = budget.units(buffer_bytes);
+            match budget.buffer.clone().acquire_many_owned(units).await {
+                Ok(permit) => Some(permit),
+                Err(_) => return End::Io(io::Error::other("buffer permits closed")),
             }
-            let failure = Failure::new(err::ESHUTDOWN, "server is shutting down");
-            if replies
-                .send(error_reply(&ctx, request.cookie, &failure))
-                .await
-                .is_err()
-            {
-                return End::Io(io::ErrorKind::BrokenPipe.into());
+        };
+        let held = Held {
+            _request: request_permit,
+            _buffer: buffer_permit,
+        };
+        if let Some(failure) = shutting_down(&shutdown) {
+            drop(held);
+            if let Err(end) = skip(&mut reader, payload_bytes).await {
+                return end;
+            }
+            if let Err(end) = refuse(&replies, &ctx, request.cookie, &failure).await {
+                return end;
             }
             continue;
         }
         let payload = if request.command == cmd::WRITE {
             let mut buf = IoBufMut::zeroed(payload_bytes as usize);
-            match reader.read_exact(&mut buf[..]).await {
-                Ok(_) => Some(buf),
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                    return End::Violation("client closed the connection in a WRITE payload".into())
-                }
-                Err(e) => return End::Io(e),
+            if let Err(e) = reader.read_exact(&mut buf[..]).await {
+                return End::Io(e);
             }
+            Some(buf)
         } else {
             None
         };
 
         let ctx = ctx.clone();
         let replies = replies.clone();
-        // The supervisor owns the permit: it is released only once the
-        // reply is queued, so "all permits free" means "nothing in flight".
-        tokio::spawn(async move {
-            let cookie = request.cookie;
-            let work: JoinHandle<Reply> = tokio::spawn({
-                let ctx = ctx.clone();
-                async move { commands::execute(&ctx, request, op, payload).await }
-            });
-            let reply = match work.await {
-                Ok(reply) => reply,
-                Err(e) => {
-                    tracing::error!(cookie, "{name} task failed: {e}");
-                    let failure =
-                        Failure::new(err::EIO, format!("internal error while handling {name}"));
-                    error_reply(&ctx, cookie, &failure)
-                }
-            };
-            // A closed queue means the connection is gone; nobody to tell.
-            let _ = replies.send(reply).await;
-            drop(replies);
-            drop(ctx);
-            drop(permit);
-        });
+        // The supervisor turns a panic into an EIO reply; the permits go
+        // with the reply and are released once it is written.
+        tokio::spawn(
+            async move {
+                let cookie = request.cookie;
+                let work: JoinHandle<Reply> = tokio::spawn(
+                    {
+                        let ctx = ctx.clone();
+                        async move { commands::execute(&ctx, request, op, payload).await }
+                    }
+                    .in_current_span(),
+                );
+                let reply = match work.await {
+                    Ok(reply) => reply,
+                    Err(e) => {
+                        tracing::error!(cookie, "{name} task failed: {e}");
+                        let failure =
+                            Failure::new(err::EIO, format!("internal error while handling {name}"));
+                        error_reply(&ctx, cookie, &failure)
+                    }
+                };
+                let outgoing = Outgoing {
+                    reply,
+                    held: Some(held),
+                };
+                // A closed queue means the connection is gone; nobody to
+                // tell, and dropping the reply releases the permits.
+                let _ = replies.send(outgoing).await;
+            }
+            .in_current_span(),
+        );
     }
 }
 
@@ -320,9 +416,10 @@ async fn skip<R: AsyncRead + Unpin>(reader: &mut R, len_bytes: u32) -> Result<()
     let mut limited = reader.take(u64::from(len_bytes));
     match tokio::io::copy(&mut limited, &mut tokio::io::sink()).await {
         Ok(copied) if copied == u64::from(len_bytes) => Ok(()),
-        Ok(_) => Err(End::Violation(
-            "client closed the connection in a WRITE payload".into(),
-        )),
+        Ok(_) => Err(End::Io(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "client closed the connection in a WRITE payload",
+        ))),
         Err(e) => Err(End::Io(e)),
     }
 }
@@ -330,17 +427,23 @@ async fn skip<R: AsyncRead + Unpin>(reader: &mut R, len_bytes: u32) -> Result<()
 /// Writes replies in the order they complete. Several ready replies go out
 /// in one flush; the socket is flushed whenever the queue runs dry, so a
 /// lone reply is never held back.
-async fn write_loop<W>(writer: W, mut queue: mpsc::Receiver<Reply>) -> io::Result<()>
+async fn write_loop<W>(writer: W, mut queue: mpsc::Receiver<Outgoing>) -> io::Result<()>
 where
     W: AsyncWrite + Unpin,
 {
     let mut writer = BufWriter::with_capacity(64 << 10, writer);
-    while let Some(reply) = queue.recv().await {
-        write_reply(&mut writer, reply).await?;
-        while let Ok(reply) = queue.try_recv() {
-            write_reply(&mut writer, reply).await?;
+    // Permits of written replies are held until the flush: a reply sitting
+    // in the buffer still costs memory and is not yet the client's.
+    let mut written = Vec::new();
+    while let Some(outgoing) = queue.recv().await {
+        write_reply(&mut writer, outgoing.reply).await?;
+        written.push(outgoing.held);
+        while let Ok(outgoing) = queue.try_recv() {
+            write_reply(&mut writer, outgoing.reply).await?;
+            written.push(outgoing.held);
         }
         writer.flush().await?;
+        written.clear();
     }
     writer.shutdown().await
 }
@@ -353,4 +456,33 @@ async fn write_reply<W: AsyncWrite + Unpin>(writer: &mut W, reply: Reply) -> io:
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffer_units_round_up_and_never_exceed_the_budget() {
+        let budget = Budget::new(&Limits {
+            max_in_flight: 8,
+            max_buffer_bytes: 1 << 20,
+            shutdown_grace: Duration::from_secs(1),
+        });
+        assert_eq!(budget.buffer_units, 16);
+        assert_eq!(budget.units(1), 1);
+        assert_eq!(budget.units(64 << 10), 1);
+        assert_eq!(budget.units((64 << 10) + 1), 2);
+        assert_eq!(
+            budget.units(32 << 20),
+            16,
+            "a huge request takes the whole budget"
+        );
+        let tiny = Budget::new(&Limits {
+            max_in_flight: 1,
+            max_buffer_bytes: 0,
+            shutdown_grace: Duration::from_secs(1),
+        });
+        assert_eq!(tiny.units(4096), 1, "the budget is at least one unit");
+    }
 }
