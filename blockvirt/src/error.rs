@@ -63,7 +63,9 @@ impl ErrorKind {
         }
     }
 
-    fn describe(self) -> &'static str {
+    /// A short description, free of paths and offsets: safe to show to a
+    /// remote client.
+    pub fn description(self) -> &'static str {
         match self {
             ErrorKind::Io => "I/O error",
             ErrorKind::NoSpace => "no space left in the volume group",
@@ -147,7 +149,7 @@ impl BlockError {
 
 impl fmt::Display for BlockError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.context, self.kind.describe())?;
+        write!(f, "{}: {}", self.context, self.kind.description())?;
         if let Some(source) = &self.source {
             write!(f, " ({source})")?;
         }

@@ -10,11 +10,10 @@
 //! all (RocksDB's WAL with `sync = true`), and `write` returns only after
 //! the WAL is on stable storage.
 
-use std::path::Path;
+#[cfg(feature = "rocksdb")]
+pub use rocks::RocksStore;
 
-use rocksdb::{ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
-
-use crate::error::{MetaError, MetaResult};
+use crate::error::MetaResult;
 
 /// The tables of the metadata store (RocksDB column families).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -40,7 +39,8 @@ impl Table {
         Table::Reservations,
     ];
 
-    fn name(self) -> &'static str {
+    /// The table's name in the store (a RocksDB column family).
+    pub fn name(self) -> &'static str {
         match self {
             Table::Meta => "meta",
             Table::Pvs => "pvs",
@@ -68,69 +68,79 @@ pub trait KvStore: Send + Sync + 'static {
     fn write(&self, changes: Vec<Change>) -> MetaResult<()>;
 }
 
-/// The embedded store: RocksDB in a directory of the data dir.
-pub struct RocksStore {
-    db: DB,
-}
+#[cfg(feature = "rocksdb")]
+mod rocks {
+    use std::path::Path;
 
-impl RocksStore {
-    pub fn open(path: &Path) -> MetaResult<RocksStore> {
-        let mut options = Options::default();
-        options.create_if_missing(true);
-        options.create_missing_column_families(true);
-        // Metadata is small; a modest write buffer keeps memory and
-        // recovery time low.
-        options.set_write_buffer_size(16 << 20);
-        let families = Table::ALL
-            .iter()
-            .map(|t| ColumnFamilyDescriptor::new(t.name(), Options::default()));
-        let db = DB::open_cf_descriptors(&options, path, families)
-            .map_err(|e| MetaError::Store(format!("open {}: {e}", path.display())))?;
-        Ok(RocksStore { db })
+    use rocksdb::{ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
+
+    use super::{Change, KvStore, Table};
+    use crate::error::{MetaError, MetaResult};
+
+    /// The embedded store: RocksDB in a directory of the data dir.
+    pub struct RocksStore {
+        db: DB,
     }
 
-    fn cf(&self, table: Table) -> MetaResult<&rocksdb::ColumnFamily> {
-        self.db
-            .cf_handle(table.name())
-            .ok_or_else(|| MetaError::Store(format!("column family {} missing", table.name())))
-    }
-}
-
-impl KvStore for RocksStore {
-    fn get(&self, table: Table, key: &[u8]) -> MetaResult<Option<Vec<u8>>> {
-        self.db
-            .get_cf(self.cf(table)?, key)
-            .map_err(|e| MetaError::Store(e.to_string()))
-    }
-
-    fn scan_prefix(&self, table: Table, prefix: &[u8]) -> MetaResult<Vec<(Vec<u8>, Vec<u8>)>> {
-        let mut out = Vec::new();
-        let iter = self.db.iterator_cf(
-            self.cf(table)?,
-            rocksdb::IteratorMode::From(prefix, rocksdb::Direction::Forward),
-        );
-        for item in iter {
-            let (key, value) = item.map_err(|e| MetaError::Store(e.to_string()))?;
-            if !key.starts_with(prefix) {
-                break;
-            }
-            out.push((key.into_vec(), value.into_vec()));
+    impl RocksStore {
+        pub fn open(path: &Path) -> MetaResult<RocksStore> {
+            let mut options = Options::default();
+            options.create_if_missing(true);
+            options.create_missing_column_families(true);
+            // Metadata is small; a modest write buffer keeps memory and
+            // recovery time low.
+            options.set_write_buffer_size(16 << 20);
+            let families = Table::ALL
+                .iter()
+                .map(|t| ColumnFamilyDescriptor::new(t.name(), Options::default()));
+            let db = DB::open_cf_descriptors(&options, path, families)
+                .map_err(|e| MetaError::Store(format!("open {}: {e}", path.display())))?;
+            Ok(RocksStore { db })
         }
-        Ok(out)
+
+        fn cf(&self, table: Table) -> MetaResult<&rocksdb::ColumnFamily> {
+            self.db
+                .cf_handle(table.name())
+                .ok_or_else(|| MetaError::Store(format!("column family {} missing", table.name())))
+        }
     }
 
-    fn write(&self, changes: Vec<Change>) -> MetaResult<()> {
-        let mut batch = WriteBatch::default();
-        for change in changes {
-            match change {
-                Change::Put(table, key, value) => batch.put_cf(self.cf(table)?, key, value),
-                Change::Delete(table, key) => batch.delete_cf(self.cf(table)?, key),
-            }
+    impl KvStore for RocksStore {
+        fn get(&self, table: Table, key: &[u8]) -> MetaResult<Option<Vec<u8>>> {
+            self.db
+                .get_cf(self.cf(table)?, key)
+                .map_err(|e| MetaError::Store(e.to_string()))
         }
-        let mut options = WriteOptions::default();
-        options.set_sync(true);
-        self.db
-            .write_opt(batch, &options)
-            .map_err(|e| MetaError::Store(e.to_string()))
+
+        fn scan_prefix(&self, table: Table, prefix: &[u8]) -> MetaResult<Vec<(Vec<u8>, Vec<u8>)>> {
+            let mut out = Vec::new();
+            let iter = self.db.iterator_cf(
+                self.cf(table)?,
+                rocksdb::IteratorMode::From(prefix, rocksdb::Direction::Forward),
+            );
+            for item in iter {
+                let (key, value) = item.map_err(|e| MetaError::Store(e.to_string()))?;
+                if !key.starts_with(prefix) {
+                    break;
+                }
+                out.push((key.into_vec(), value.into_vec()));
+            }
+            Ok(out)
+        }
+
+        fn write(&self, changes: Vec<Change>) -> MetaResult<()> {
+            let mut batch = WriteBatch::default();
+            for change in changes {
+                match change {
+                    Change::Put(table, key, value) => batch.put_cf(self.cf(table)?, key, value),
+                    Change::Delete(table, key) => batch.delete_cf(self.cf(table)?, key),
+                }
+            }
+            let mut options = WriteOptions::default();
+            options.set_sync(true);
+            self.db
+                .write_opt(batch, &options)
+                .map_err(|e| MetaError::Store(e.to_string()))
+        }
     }
 }

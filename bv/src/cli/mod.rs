@@ -240,7 +240,7 @@ pub async fn run(command: Command, socket: &Path) -> i32 {
                     .iter()
                     .filter(|pv| wanted.is_empty() || wanted.contains(&pv.report.record.path))
                 {
-                    print!("{}\n", report::pvdisplay(pv));
+                    println!("{}", report::pvdisplay(pv));
                 }
             }
             Err(e) => fail(e.message),
@@ -257,7 +257,7 @@ pub async fn run(command: Command, socket: &Path) -> i32 {
                     .iter()
                     .filter(|vg| vgs.is_empty() || vgs.contains(&vg.record.name))
                 {
-                    print!("{}\n", report::vgdisplay(vg, &reports));
+                    println!("{}", report::vgdisplay(vg, &reports));
                 }
             }
             Err(e) => fail(e.message),
@@ -277,7 +277,7 @@ pub async fn run(command: Command, socket: &Path) -> i32 {
                     .iter()
                     .filter(|lv| lvs.is_empty() || lvs.contains(&full(lv)))
                 {
-                    print!("{}\n", report::lvdisplay(lv));
+                    println!("{}", report::lvdisplay(lv));
                 }
             }
             Err(e) => fail(e.message),

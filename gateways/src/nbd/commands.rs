@@ -386,26 +386,10 @@ fn device_failure(what: String, error: &BlockError, fast_zero: bool) -> Failure 
         }
         _ => tracing::debug!("{what} failed: {error}"),
     }
-    Failure::new(code, format!("{what} failed: {}", kind_text(error.kind())))
-}
-
-fn kind_text(kind: ErrorKind) -> &'static str {
-    match kind {
-        ErrorKind::Io => "I/O error",
-        ErrorKind::NoSpace => "no space left",
-        ErrorKind::OutOfRange => "out of range",
-        ErrorKind::Unaligned => "not aligned",
-        ErrorKind::Unsupported => "not supported",
-        ErrorKind::ReadOnly => "read-only",
-        ErrorKind::Corrupt => "data corrupt",
-        ErrorKind::Busy => "busy",
-        ErrorKind::Poisoned => "device failed an earlier flush",
-        ErrorKind::InvalidArgument => "invalid argument",
-        ErrorKind::Fenced => "write lease lost",
-        ErrorKind::NotFound => "not found",
-        ErrorKind::Shutdown => "shutting down",
-        _ => "internal error",
-    }
+    Failure::new(
+        code,
+        format!("{what} failed: {}", error.kind().description()),
+    )
 }
 
 async fn flush(ctx: &Context, what: &str) -> Result<(), Failure> {

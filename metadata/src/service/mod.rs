@@ -35,7 +35,7 @@ use crate::error::{MetaError, MetaResult};
 use crate::model::{
     decode, split_pair_key, ExtentEntry, LvId, LvRecord, PeAddr, PvId, PvRecord, VgId, VgRecord,
 };
-use crate::store::{KvStore, RocksStore, Table};
+use crate::store::{KvStore, Table};
 
 pub use report::{LvReport, PvReport, VgReport};
 
@@ -75,8 +75,9 @@ struct State {
 
 impl Service {
     /// Opens (or creates) the RocksDB store at `path`.
+    #[cfg(feature = "rocksdb")]
     pub fn open_rocksdb(path: &Path) -> MetaResult<Service> {
-        Service::open(Box::new(RocksStore::open(path)?))
+        Service::open(Box::new(crate::store::RocksStore::open(path)?))
     }
 
     pub fn open(store: Box<dyn KvStore>) -> MetaResult<Service> {
