@@ -96,8 +96,13 @@ impl Pool {
     }
 
     async fn open(&self, lv: &str) -> ThinVolume {
+        self.open_with_commit_interval(lv, Duration::from_millis(50))
+            .await
+    }
+
+    async fn open_with_commit_interval(&self, lv: &str, interval: Duration) -> ThinVolume {
         let options = VolumeOptions {
-            commit_interval: Duration::from_millis(50),
+            commit_interval: interval,
             ..VolumeOptions::default()
         };
         ThinVolume::open(self.map(), self.pvs.clone(), "vg", lv, options)
@@ -307,11 +312,21 @@ async fn flushed_data_survives_a_crash() {
     let pool = Pool::new(2, 8);
     pool.service.create_lv("vg", "lv", 32 * MIB, true).unwrap();
     {
-        let lv = pool.open("lv").await;
+        // No background commits: only FLUSH and FUA may make things durable.
+        let lv = pool
+            .open_with_commit_interval("lv", Duration::from_secs(3600))
+            .await;
         write(&lv, 0, pattern(0x01, MIB)).await;
         write(&lv, 9 * MIB, pattern(0x02, 4096)).await;
         lv.flush().await.unwrap();
         lv.write_at(20 * MIB, pattern(0x03, 4096), WriteFlags::FUA)
+            .await
+            .0
+            .unwrap();
+        // A FUA write into a chunk that an unflushed write just allocated
+        // must make that allocation durable too.
+        write(&lv, 28 * MIB, pattern(0x04, 4096)).await;
+        lv.write_at(28 * MIB, pattern(0x05, 4096), WriteFlags::FUA)
             .await
             .0
             .unwrap();
@@ -326,6 +341,11 @@ async fn flushed_data_survives_a_crash() {
         read(&lv, 20 * MIB, 4096).await,
         vec![0x03; 4096],
         "FUA write survived"
+    );
+    assert_eq!(
+        read(&lv, 28 * MIB, 4096).await,
+        vec![0x05; 4096],
+        "FUA write into an unflushed extent survived"
     );
     lv.close().await.unwrap();
 }

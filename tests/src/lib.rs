@@ -20,18 +20,21 @@ pub fn bv_binary() -> PathBuf {
     if let Some(path) = std::env::var_os("BV_BIN") {
         return PathBuf::from(path);
     }
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps");
-    let bv = dir.join("bv");
-    assert!(
-        bv.exists(),
-        "{} not found: run `cargo build --release --bins` before the tests",
-        bv.display()
-    );
-    bv
+    // Test binaries live in target/<profile>/deps, other tools (bv-bench)
+    // next to bv in target/<profile>.
+    let exe = std::env::current_exe().expect("own executable path");
+    let dir = exe.parent().expect("executable directory");
+    let candidates = [
+        dir.join("bv"),
+        dir.parent().expect("target/<profile>").join("bv"),
+    ];
+    let found = candidates.iter().find(|path| path.exists()).cloned();
+    found.unwrap_or_else(|| {
+        panic!(
+            "{} not found: run `cargo build --release --bins` first",
+            candidates[1].display()
+        )
+    })
 }
 
 /// A port free on 127.0.0.1 right now.
@@ -90,11 +93,19 @@ pub struct Server {
     pub nbd_port: u16,
     child: Option<Child>,
     log: PathBuf,
+    serve_args: Vec<String>,
 }
 
 impl Server {
-    /// Starts a server on a fresh data directory.
+    /// Starts a server on a fresh data directory, committing thin-map
+    /// changes every 0.2 s so background commits happen within a test.
     pub fn start() -> Server {
+        Server::start_with(&["--commit-interval", "0.2"])
+    }
+
+    /// Starts a server with extra `bv serve` options, in a fresh directory
+    /// under `$TMPDIR`.
+    pub fn start_with(serve_args: &[&str]) -> Server {
         let dir = tempfile::Builder::new()
             .prefix("bv-test")
             .tempdir()
@@ -105,6 +116,7 @@ impl Server {
             nbd_port: free_port(),
             child: None,
             log,
+            serve_args: serve_args.iter().map(|a| a.to_string()).collect(),
         };
         server.launch();
         server
@@ -133,7 +145,7 @@ impl Server {
             .arg("--data-dir")
             .arg(self.data_dir())
             .args(["serve", "--listen", &format!("127.0.0.1:{}", self.nbd_port)])
-            .args(["--commit-interval", "0.2"])
+            .args(&self.serve_args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log handle"))
@@ -270,17 +282,22 @@ impl Drop for Server {
     }
 }
 
-/// Writes `len` bytes of seeded pseudo-random data to a new file.
-pub fn random_file(path: &Path, len: usize, seed: u64) {
+/// `len` bytes of seeded pseudo-random data (xorshift64*: fast and
+/// deterministic, which is all test data needs).
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     let mut state = seed ^ 0x9E37_79B9_7F4A_7C15;
     let mut data = vec![0u8; len];
     for chunk in data.chunks_mut(8) {
-        // xorshift64*: fast, deterministic, good enough for test data.
         state ^= state >> 12;
         state ^= state << 25;
         state ^= state >> 27;
         let value = state.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes();
         chunk.copy_from_slice(&value[..chunk.len()]);
     }
-    std::fs::write(path, data).expect("writing test data");
+    data
+}
+
+/// Writes `len` bytes of `random_bytes` to a new file.
+pub fn random_file(path: &Path, len: usize, seed: u64) {
+    std::fs::write(path, random_bytes(len, seed)).expect("writing test data");
 }

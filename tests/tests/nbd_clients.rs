@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
-use tests::{random_file, run_ok, run_with_limit, Server};
+use tests::{random_bytes, random_file, run_ok, run_with_limit, Server};
 
 const LIMIT: Duration = Duration::from_secs(120);
 const MIB: usize = 1 << 20;
@@ -53,10 +53,8 @@ fn qemu_img_convert_round_trip_keeps_holes() {
     server.bv_ok(&["lvcreate", "-V", "128m", "-n", "disk", "vg"]);
     // 128 MiB image: 24 MiB of data at 40 MiB, zeroes elsewhere.
     let source = server.path("source.img");
-    let data = server.path("data.bin");
-    random_file(&data, 24 * MIB, 7);
     let mut image = vec![0u8; 128 * MIB];
-    image[40 * MIB..64 * MIB].copy_from_slice(&std::fs::read(&data).unwrap());
+    image[40 * MIB..64 * MIB].copy_from_slice(&random_bytes(24 * MIB, 7));
     std::fs::write(&source, &image).unwrap();
 
     let uri = server.uri("vg/disk");

@@ -10,7 +10,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use tests::{random_file, run_with_limit, Server};
+use tests::{random_bytes, run_with_limit, Server};
 
 /// The boot sector's code (16-bit real mode, loaded at 0x7c00).
 const BOOT_CODE: &[u8] = &[
@@ -59,10 +59,8 @@ fn a_qemu_vm_boots_from_and_writes_to_an_lv() {
     let uri = server.uri("vg/boot");
 
     // Disk image: boot sector, then one sector of data for the guest to copy.
-    let data = server.path("data.bin");
-    random_file(&data, 512, 99);
     let mut image = boot_sector();
-    image.extend(std::fs::read(&data).unwrap());
+    image.extend(random_bytes(512, 99));
     image.resize(4096, 0);
     let image_path = server.path("head.img");
     std::fs::write(&image_path, &image).unwrap();

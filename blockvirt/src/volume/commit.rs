@@ -66,8 +66,12 @@ impl Inner {
     async fn commit_once(&self) -> BlockResult<()> {
         let Dirty { extents, mut pvs } = std::mem::take(&mut *self.dirty.lock());
         let mut changes = Vec::with_capacity(extents.len());
+        let mut snapshotted = Vec::with_capacity(extents.len());
         for le in extents {
             let slot = self.slot(le);
+            // Read the change count first: the state read after it holds at
+            // least those changes.
+            let version = slot.changes.load(Ordering::Acquire);
             let placement = slot.placement.read().await.clone();
             if let Some(placement) = &placement {
                 pvs.extend(placement.iter().map(|pe| pe.pv));
@@ -79,6 +83,7 @@ impl Inner {
                     written: slot.written.load(Ordering::Acquire),
                 }),
             });
+            snapshotted.push((slot, version));
         }
         let flushes = pvs
             .iter()
@@ -89,6 +94,9 @@ impl Inner {
                 .commit(self.token, changes)
                 .await
                 .map_err(|e| meta_error(&self.name, e))?;
+        }
+        for (slot, version) in snapshotted {
+            slot.committed.fetch_max(version, Ordering::AcqRel);
         }
         Ok(())
     }

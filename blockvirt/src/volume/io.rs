@@ -76,19 +76,18 @@ impl Inner {
             );
             self.write_piece(*p, data, flags)
         });
-        let mut map_changed = false;
         for result in join_all(writes).await {
-            map_changed |= result?;
+            result?;
         }
-        if map_changed && flags.contains(WriteFlags::FUA) {
-            // FUA covers the map change that makes the data visible.
+        // FUA covers the map entries that lead to the data, too: commit if
+        // any of them (by this write or an earlier one) is not durable yet.
+        if flags.contains(WriteFlags::FUA) && pieces.iter().any(|p| !self.slot(p.le).is_durable()) {
             self.sync().await?;
         }
         Ok(())
     }
 
-    /// Writes one piece; true when the extent's map entry changed.
-    async fn write_piece(&self, piece: Piece, data: IoBuf, flags: WriteFlags) -> BlockResult<bool> {
+    async fn write_piece(&self, piece: Piece, data: IoBuf, flags: WriteFlags) -> BlockResult<()> {
         let slot = self.slot(piece.le);
         let touched = self.geometry.touched(&piece);
         let covered = self.geometry.covered(&piece);
@@ -129,9 +128,10 @@ impl Inner {
             return Err(e);
         }
         if newly_mapped {
-            self.dirty.lock().extents.insert(piece.le);
+            self.map_changed(&slot, piece.le);
         }
-        Ok(self.mark_written(&slot, piece.le, placement, touched) || newly_mapped)
+        self.mark_written(&slot, piece.le, placement, touched);
+        Ok(())
     }
 
     async fn write_pv(
@@ -149,16 +149,16 @@ impl Inner {
     }
 
     /// Records completed writes: chunk bits, and what the next commit must
-    /// flush and persist. True when new chunks became written.
-    fn mark_written(&self, slot: &Slot, le: u64, placement: &Placement, touched: u64) -> bool {
+    /// flush and persist.
+    fn mark_written(&self, slot: &Slot, le: u64, placement: &Placement, touched: u64) {
         let before = slot.written.fetch_or(touched, Ordering::AcqRel);
-        let mut dirty = self.dirty.lock();
-        dirty.pvs.extend(placement.iter().map(|pe| pe.pv));
-        let changed = before & touched != touched;
-        if changed {
-            dirty.extents.insert(le);
+        if before & touched != touched {
+            self.map_changed(slot, le);
         }
-        changed
+        self.dirty
+            .lock()
+            .pvs
+            .extend(placement.iter().map(|pe| pe.pv));
     }
 
     /// Discard (`discard` true: advisory, partial chunks untouched) or
@@ -203,7 +203,7 @@ impl Inner {
                 return Ok(()); // unallocated already reads as zeroes
             }
             *guard = Some(self.allocate().await?);
-            self.dirty.lock().extents.insert(piece.le);
+            self.map_changed(&slot, piece.le);
         }
         let placement = guard.clone().expect("mapped above");
         let (device, base) = self.pvs.locate(placement[0], self.geometry.extent_bytes)?;
@@ -233,7 +233,7 @@ impl Inner {
                 .await?;
             slot.written.store(0, Ordering::Release);
             *guard = None;
-            self.dirty.lock().extents.insert(piece.le);
+            self.map_changed(&slot, piece.le);
             return Ok(());
         }
         if cleared != 0 {
@@ -250,7 +250,7 @@ impl Inner {
                 }
             }
             slot.written.fetch_and(!cleared, Ordering::AcqRel);
-            self.dirty.lock().extents.insert(piece.le);
+            self.map_changed(&slot, piece.le);
         }
         Ok(())
     }

@@ -82,6 +82,17 @@ impl Default for VolumeOptions {
 struct Slot {
     placement: tokio::sync::RwLock<Option<Placement>>,
     written: AtomicU64,
+    /// Map changes made to this extent so far, and how many of them a
+    /// commit has made durable.
+    changes: AtomicU64,
+    committed: AtomicU64,
+}
+
+impl Slot {
+    /// True when the extent's map entry on disk is the one in memory.
+    fn is_durable(&self) -> bool {
+        self.committed.load(Ordering::Acquire) >= self.changes.load(Ordering::Acquire)
+    }
 }
 
 pub struct ThinVolume {
@@ -238,6 +249,12 @@ impl Inner {
             tracing::error!("{}: volume stopped: {err}", self.name);
             *failure = Some((err.kind(), err.to_string()));
         }
+    }
+
+    /// Records a change to extent `le`'s map entry for the next commit.
+    fn map_changed(&self, slot: &Slot, le: u64) {
+        slot.changes.fetch_add(1, Ordering::AcqRel);
+        self.dirty.lock().extents.insert(le);
     }
 
     fn slot(&self, le: u64) -> Arc<Slot> {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
 
-use super::{extents_for, LvState, Service, State};
+use super::{extents_for, unreserve, LvState, Service, State};
 use crate::error::{MetaError, MetaResult};
 use crate::model::{
     encode, id_key, pair_key, validate_name, ExtentEntry, Layout, LvRecord, Placement, PvRecord,
@@ -337,22 +337,16 @@ impl Service {
         let extents = self.store.scan_prefix(Table::Extents, &id_key(lv.id))?;
         let reserved = st.reservations_of(lv.id);
         let mut changes = vec![Change::Delete(Table::Lvs, id_key(lv.id))];
-        let mut freed = reserved.clone();
+        let mut mapped = Vec::new();
         for (key, value) in extents {
             let entry: ExtentEntry = crate::model::decode(&value, "extent entry")?;
-            freed.extend(entry.placement);
+            mapped.extend(entry.placement);
             changes.push(Change::Delete(Table::Extents, key));
         }
-        changes.extend(
-            reserved
-                .iter()
-                .map(|a| Change::Delete(Table::Reservations, pair_key(a.pv, a.pe))),
-        );
+        changes.extend(reserved.iter().map(unreserve));
         self.store.write(changes)?;
-        for addr in reserved {
-            st.reservations.remove(&addr);
-        }
-        for addr in freed {
+        st.return_reservations(&reserved);
+        for addr in mapped {
             st.alloc.free(addr);
         }
         st.lvs.remove(&lv.id);

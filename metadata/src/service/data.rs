@@ -11,7 +11,7 @@
 use std::collections::BTreeSet;
 use std::time::Instant;
 
-use super::{extents_for, Lease, Service, State};
+use super::{extents_for, unreserve, Lease, Service, State};
 use crate::error::{MetaError, MetaResult};
 use crate::lease::{LeaseGrant, LeaseToken, MapChange};
 use crate::model::{
@@ -42,16 +42,9 @@ impl Service {
             id_key(granted.id),
             encode(&granted),
         )];
-        changes.extend(
-            orphaned
-                .iter()
-                .map(|a| Change::Delete(Table::Reservations, pair_key(a.pv, a.pe))),
-        );
+        changes.extend(orphaned.iter().map(unreserve));
         self.store.write(changes)?;
-        for addr in orphaned {
-            st.reservations.remove(&addr);
-            st.alloc.free(addr);
-        }
+        st.return_reservations(&orphaned);
         st.lvs.get_mut(&granted.id).expect("LV exists").record = granted.clone();
         st.leases.insert(
             granted.id,
@@ -201,10 +194,7 @@ impl Service {
                                 lv.id, addr.pe, addr.pv
                             )));
                         }
-                        batch.push(Change::Delete(
-                            Table::Reservations,
-                            pair_key(addr.pv, addr.pe),
-                        ));
+                        batch.push(unreserve(addr));
                     }
                     freed.extend(old_pes.iter().filter(|a| !entry.placement.contains(a)));
                     if old.is_none() {
@@ -241,17 +231,9 @@ impl Service {
             .filter(|a| st.reservations.get(a) == Some(&token.lv))
             .collect();
         if !returned.is_empty() {
-            self.store.write(
-                returned
-                    .iter()
-                    .map(|a| Change::Delete(Table::Reservations, pair_key(a.pv, a.pe)))
-                    .collect(),
-            )?;
+            self.store.write(returned.iter().map(unreserve).collect())?;
         }
-        for addr in returned {
-            st.reservations.remove(&addr);
-            st.alloc.free(addr);
-        }
+        st.return_reservations(&returned);
         st.leases.remove(&token.lv);
         Ok(())
     }
@@ -264,15 +246,8 @@ impl Service {
         if all.is_empty() {
             return Ok(0);
         }
-        self.store.write(
-            all.iter()
-                .map(|a| Change::Delete(Table::Reservations, pair_key(a.pv, a.pe)))
-                .collect(),
-        )?;
-        for addr in &all {
-            st.reservations.remove(addr);
-            st.alloc.free(*addr);
-        }
+        self.store.write(all.iter().map(unreserve).collect())?;
+        st.return_reservations(&all);
         Ok(all.len())
     }
 }

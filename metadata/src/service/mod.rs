@@ -222,6 +222,15 @@ impl State {
             .collect()
     }
 
+    /// Returns reserved PEs to the free pool, once the batch that deleted
+    /// their reservations is durable.
+    fn return_reservations(&mut self, addrs: &[PeAddr]) {
+        for addr in addrs {
+            self.reservations.remove(addr);
+            self.alloc.free(*addr);
+        }
+    }
+
     fn next_id_change(&self) -> crate::store::Change {
         crate::store::Change::Put(
             Table::Meta,
@@ -229,6 +238,14 @@ impl State {
             crate::model::encode(&self.next_id),
         )
     }
+}
+
+/// The store change that deletes the reservation of `addr`.
+fn unreserve(addr: &PeAddr) -> crate::store::Change {
+    crate::store::Change::Delete(
+        Table::Reservations,
+        crate::model::pair_key(addr.pv, addr.pe),
+    )
 }
 
 /// Extents needed for `size_bytes` (the last one may be partly used).
