@@ -90,6 +90,7 @@ pub fn run_ok(command: &mut Command, limit: Duration) -> String {
 /// A running `bv serve` with its own data directory.
 pub struct Server {
     pub dir: tempfile::TempDir,
+    /// The NBD port of the running server (changes at restart).
     pub nbd_port: u16,
     child: Option<Child>,
     log: PathBuf,
@@ -113,7 +114,7 @@ impl Server {
         let log = dir.path().join("serve.log");
         let mut server = Server {
             dir,
-            nbd_port: free_port(),
+            nbd_port: 0,
             child: None,
             log,
             serve_args: serve_args.iter().map(|a| a.to_string()).collect(),
@@ -135,7 +136,10 @@ impl Server {
         format!("nbd://127.0.0.1:{}/{export}", self.nbd_port)
     }
 
+    /// Starts `bv serve` on a port the kernel picks (no race with other
+    /// tests for a free port) and waits for its "ready" line in the log.
     fn launch(&mut self) {
+        let log_start = std::fs::metadata(&self.log).map_or(0, |m| m.len());
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -144,7 +148,7 @@ impl Server {
         let child = Command::new(bv_binary())
             .arg("--data-dir")
             .arg(self.data_dir())
-            .args(["serve", "--listen", &format!("127.0.0.1:{}", self.nbd_port)])
+            .args(["serve", "--listen", "127.0.0.1:0"])
             .args(&self.serve_args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -153,10 +157,11 @@ impl Server {
             .spawn()
             .expect("starting bv serve");
         self.child = Some(child);
-        self.wait_ready();
+        self.wait_ready(log_start as usize);
     }
 
-    fn wait_ready(&mut self) {
+    fn wait_ready(&mut self, log_start: usize) {
+        const READY: &str = "NBD exports on nbd://127.0.0.1:";
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(30) {
             if let Some(status) = self
@@ -166,9 +171,14 @@ impl Server {
             {
                 panic!("bv serve exited early ({status}):\n{}", self.log_text());
             }
-            if self.data_dir().join("bv.sock").exists()
-                && std::net::TcpStream::connect(("127.0.0.1", self.nbd_port)).is_ok()
-            {
+            let log = self.log_text();
+            let port = log
+                .get(log_start..)
+                .and_then(|fresh| fresh.split(READY).nth(1))
+                .and_then(|rest| rest.split('/').next())
+                .and_then(|port| port.parse().ok());
+            if let Some(port) = port {
+                self.nbd_port = port;
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -188,7 +198,7 @@ impl Server {
         }
     }
 
-    /// Starts the server again on the same data directory and port.
+    /// Starts the server again on the same data directory (on a new port).
     pub fn restart(&mut self) {
         self.kill9();
         self.launch();

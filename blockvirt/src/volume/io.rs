@@ -98,7 +98,8 @@ impl Inner {
                 if touched & !covered & !written == 0 {
                     self.write_pv(placement, piece.offset_bytes, data, flags)
                         .await?;
-                    return Ok(self.mark_written(&slot, piece.le, placement, touched));
+                    self.mark_written(&slot, piece.le, placement, touched);
+                    return Ok(());
                 }
             }
         }
