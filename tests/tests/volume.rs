@@ -1,4 +1,5 @@
-//! The thin volume over real PV files and a real RocksDB metadata service:
+//! The thin volume (the library, without a server) over real PV files and a
+//! real RocksDB metadata service:
 //! the conformance suite, thin allocation and release, a full pool,
 //! isolation of reused extents, live growth, and recovery after a crash.
 
