@@ -138,6 +138,21 @@ pub struct LvcreateArgs {
     #[arg(short = 'n', long = "name")]
     pub name: String,
     pub vg: String,
+    /// Layout: linear (default), striped/raid0, raid1, raid5, raid10, ec.
+    #[arg(long = "type")]
+    pub kind: Option<String>,
+    /// Data stripes (raid0, raid5, raid10).
+    #[arg(short = 'i', long = "stripes")]
+    pub stripes: Option<u32>,
+    /// Stripe size (default unit KiB; default 64 KiB).
+    #[arg(short = 'I', long = "stripesize")]
+    pub stripe_size: Option<String>,
+    /// Extra copies (raid1: -m 1 keeps two copies).
+    #[arg(short = 'm', long = "mirrors")]
+    pub mirrors: Option<u32>,
+    /// Erasure coding: K data + M parity shards, e.g. 4+2.
+    #[arg(long = "ec")]
+    pub ec: Option<String>,
     /// Accepted for LVM compatibility; bv never prompts.
     #[arg(short, long)]
     pub yes: bool,

@@ -24,7 +24,9 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{MetaError, MetaResult};
-use crate::model::{ExtentEntry, LvId, LvRecord, Placement, VgRecord};
+use crate::model::{
+    ChunkChecksums, ExtentEntry, LvId, LvRecord, PeAddr, Placement, PvId, VgRecord,
+};
 use crate::service::Service;
 
 /// Proof of a write lease: the LV and the epoch it was granted at.
@@ -41,6 +43,8 @@ pub struct LeaseGrant {
     pub vg: VgRecord,
     /// Every mapped logical extent, in order.
     pub map: Vec<(u64, ExtentEntry)>,
+    /// Block checksums of mapped extents (redundant layouts).
+    pub checksums: Vec<ChunkChecksums>,
     /// Renew well before this runs out.
     pub duration: Duration,
 }
@@ -50,6 +54,34 @@ pub struct LeaseGrant {
 pub struct MapChange {
     pub le: u64,
     pub entry: Option<ExtentEntry>,
+}
+
+/// One atomic commit: extent map changes and checksum updates.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitBatch {
+    pub extents: Vec<MapChange>,
+    /// Checksums of chunks of extents that are mapped after `extents`
+    /// applies; an unmapped extent loses its checksums.
+    pub checksums: Vec<ChunkChecksums>,
+    /// PEs reserved for this holder that it no longer needs (an extent
+    /// allocated and discarded again before any commit): back to the pool.
+    pub returned: Vec<PeAddr>,
+}
+
+/// Map changes alone, without checksums.
+impl From<Vec<MapChange>> for CommitBatch {
+    fn from(extents: Vec<MapChange>) -> Self {
+        CommitBatch {
+            extents,
+            ..CommitBatch::default()
+        }
+    }
+}
+
+impl CommitBatch {
+    pub fn is_empty(&self) -> bool {
+        self.extents.is_empty() && self.checksums.is_empty() && self.returned.is_empty()
+    }
 }
 
 /// What a data server may ask of the metadata service.
@@ -70,12 +102,19 @@ pub trait MapService: Send + Sync + 'static {
     /// Reserves up to `extents` placements for new extents. Fewer (possibly
     /// none) come back when the VG is nearly full.
     async fn reserve(&self, token: LeaseToken, extents: usize) -> MetaResult<Vec<Placement>>;
-    /// Applies map changes atomically and durably. A placement that is new
-    /// must have been reserved under this lease; placements no longer
+    /// Reserves one PE on an online PV outside `exclude`, to replace a leg
+    /// of a placed extent (rebuild, pvmove). `None` when there is none.
+    async fn reserve_pe(&self, token: LeaseToken, exclude: Vec<PvId>)
+        -> MetaResult<Option<PeAddr>>;
+    /// Applies map changes atomically and durably. A PE that is new in a
+    /// placement must have been reserved under this lease; PEs no longer
     /// referenced return to the free pool.
-    async fn commit(&self, token: LeaseToken, changes: Vec<MapChange>) -> MetaResult<()>;
-    /// Returns unused reservations and ends the lease.
-    async fn release(&self, token: LeaseToken, unused: Vec<Placement>) -> MetaResult<()>;
+    async fn commit(&self, token: LeaseToken, batch: CommitBatch) -> MetaResult<()>;
+    /// Returns unused reservations (whole placements or single PEs) and
+    /// ends the lease.
+    async fn release(&self, token: LeaseToken, unused: Vec<PeAddr>) -> MetaResult<()>;
+    /// Records that a PV failed (I/O errors, gone), durably.
+    async fn report_failed_pv(&self, pv: PvId, reason: String) -> MetaResult<()>;
 }
 
 /// The embedded mode: the service in this process, called on tokio's
@@ -130,13 +169,27 @@ impl MapService for LocalMapService {
         blocking(move || service.reserve(token, extents)).await
     }
 
-    async fn commit(&self, token: LeaseToken, changes: Vec<MapChange>) -> MetaResult<()> {
+    async fn reserve_pe(
+        &self,
+        token: LeaseToken,
+        exclude: Vec<PvId>,
+    ) -> MetaResult<Option<PeAddr>> {
         let service = self.service.clone();
-        blocking(move || service.commit(token, changes)).await
+        blocking(move || service.reserve_pe(token, &exclude)).await
     }
 
-    async fn release(&self, token: LeaseToken, unused: Vec<Placement>) -> MetaResult<()> {
+    async fn commit(&self, token: LeaseToken, batch: CommitBatch) -> MetaResult<()> {
+        let service = self.service.clone();
+        blocking(move || service.commit(token, batch)).await
+    }
+
+    async fn release(&self, token: LeaseToken, unused: Vec<PeAddr>) -> MetaResult<()> {
         let service = self.service.clone();
         blocking(move || service.release(token, unused)).await
+    }
+
+    async fn report_failed_pv(&self, pv: PvId, reason: String) -> MetaResult<()> {
+        let service = self.service.clone();
+        blocking(move || service.set_pv_failed(pv, &reason)).await
     }
 }

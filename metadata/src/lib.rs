@@ -12,14 +12,17 @@
 
 pub mod alloc;
 pub mod error;
+pub mod layout;
 pub mod lease;
 pub mod model;
 pub mod service;
 pub mod store;
 
 pub use error::{MetaError, MetaResult};
-pub use lease::{LeaseGrant, LeaseToken, LocalMapService, MapChange, MapService};
+pub use layout::Layout;
+pub use lease::{CommitBatch, LeaseGrant, LeaseToken, LocalMapService, MapChange, MapService};
 pub use model::{
-    ExtentEntry, Layout, LvId, LvRecord, PeAddr, Placement, PvId, PvRecord, VgId, VgRecord,
+    ChunkChecksums, ExtentEntry, FaultPolicy, LvId, LvRecord, PeAddr, Placement, PvId, PvRecord,
+    VgId, VgRecord,
 };
 pub use service::{LvReport, PvReport, Service, VgReport};

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::error::{MetaError, MetaResult};
+use crate::layout::Layout;
 
 pub type PvId = u64;
 pub type VgId = u64;
@@ -28,8 +29,31 @@ pub const MIN_EXTENT_BYTES: u64 = 256 << 10;
 /// writes into a chunk do not amplify much.
 pub const MAX_EXTENT_BYTES: u64 = 64 << 20;
 
-/// Where a PV's extents start: the first MiB holds the label.
-pub const PV_DATA_OFFSET_BYTES: u64 = 1 << 20;
+/// The label area at the start of every PV.
+pub const PV_LABEL_AREA_BYTES: u64 = 1 << 20;
+
+/// Where a PV's extents start: after the label area and the PV's stripe
+/// journal (1/64 of the PV, between 1 and 64 MiB, whole MiB), which
+/// parity layouts use to close the write hole.
+pub fn pv_data_offset(size_bytes: u64) -> u64 {
+    PV_LABEL_AREA_BYTES + pv_journal_bytes(size_bytes)
+}
+
+/// The smallest PV (in whole MiB) that holds `pes` extents of `extent_bytes`.
+pub fn pv_bytes_for(pes: u64, extent_bytes: u64) -> u64 {
+    let mib = 1 << 20;
+    let mut size = pes * extent_bytes + PV_LABEL_AREA_BYTES + mib;
+    while size.saturating_sub(pv_data_offset(size)) / extent_bytes < pes {
+        size += mib;
+    }
+    size
+}
+
+/// Size of the stripe journal of a PV of `size_bytes`.
+pub fn pv_journal_bytes(size_bytes: u64) -> u64 {
+    let mib = 1 << 20;
+    (size_bytes / 64).clamp(mib, 64 * mib) / mib * mib
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PvRecord {
@@ -41,6 +65,9 @@ pub struct PvRecord {
     /// The VG this PV belongs to, and its PE count in that VG's extent size.
     pub vg: Option<VgId>,
     pub pe_count: u64,
+    /// Set when the PV failed (I/O errors, gone): nothing is allocated on
+    /// it any more, and its LVs run degraded until repaired.
+    pub failed: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,34 +75,27 @@ pub struct VgRecord {
     pub id: VgId,
     pub uuid: Uuid,
     pub name: String,
+    /// The PE size.
     pub extent_bytes: u64,
+    pub fault_policy: FaultPolicy,
 }
 
-impl VgRecord {
-    /// The thin-map chunk: the unit of "written" tracking within an extent.
-    pub fn chunk_bytes(&self) -> u64 {
-        self.extent_bytes / CHUNKS_PER_EXTENT
-    }
+/// What the server does when a PV of the VG fails (LVM's
+/// `raid_fault_policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum FaultPolicy {
+    /// Report the degraded LVs; repair waits for `lvconvert --repair`.
+    #[default]
+    Warn,
+    /// Rebuild the lost legs onto free PEs of the other PVs at once.
+    Allocate,
 }
 
-/// How an LV's extents are laid out over PVs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Layout {
-    /// One PE per extent.
-    Linear,
-}
-
-impl Layout {
-    /// PEs per extent (each on a distinct PV).
-    pub fn legs(self) -> usize {
-        match self {
-            Layout::Linear => 1,
-        }
-    }
-
+impl FaultPolicy {
     pub fn name(self) -> &'static str {
         match self {
-            Layout::Linear => "linear",
+            FaultPolicy::Warn => "warn",
+            FaultPolicy::Allocate => "allocate",
         }
     }
 }
@@ -105,6 +125,15 @@ pub struct PeAddr {
 /// on a distinct PV.
 pub type Placement = Vec<PeAddr>;
 
+/// Checksums of the 4 KiB blocks of one chunk of a logical extent (LVs
+/// with a redundant layout), for verified reads and scrub.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkChecksums {
+    pub le: u64,
+    pub chunk: u8,
+    pub values: Vec<u32>,
+}
+
 /// A mapped logical extent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExtentEntry {
@@ -114,7 +143,7 @@ pub struct ExtentEntry {
     pub written: u64,
 }
 
-pub(crate) const FORMAT_VERSION: u8 = 1;
+pub(crate) const FORMAT_VERSION: u8 = 2;
 
 pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     let mut out = vec![FORMAT_VERSION];
@@ -142,6 +171,13 @@ pub(crate) fn pair_key(a: u64, b: u64) -> Vec<u8> {
     let mut key = Vec::with_capacity(16);
     key.extend_from_slice(&a.to_be_bytes());
     key.extend_from_slice(&b.to_be_bytes());
+    key
+}
+
+/// Key of a chunk's checksums: (lv, le, chunk).
+pub(crate) fn checksum_key(lv: u64, le: u64, chunk: u8) -> Vec<u8> {
+    let mut key = pair_key(lv, le);
+    key.push(chunk);
     key
 }
 

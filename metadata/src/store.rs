@@ -27,16 +27,19 @@ pub enum Table {
     Extents,
     /// (pv id, pe) -> lv id: extents handed to a lease holder, not yet mapped.
     Reservations,
+    /// (lv id, logical extent, chunk) -> block checksums.
+    Checksums,
 }
 
 impl Table {
-    pub const ALL: [Table; 6] = [
+    pub const ALL: [Table; 7] = [
         Table::Meta,
         Table::Pvs,
         Table::Vgs,
         Table::Lvs,
         Table::Extents,
         Table::Reservations,
+        Table::Checksums,
     ];
 
     /// The table's name in the store (a RocksDB column family).
@@ -48,6 +51,7 @@ impl Table {
             Table::Lvs => "lvs",
             Table::Extents => "extents",
             Table::Reservations => "reservations",
+            Table::Checksums => "checksums",
         }
     }
 }

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use metadata::{ExtentEntry, MapChange, PeAddr, Service};
+use metadata::{ExtentEntry, Layout, MapChange, PeAddr, Service};
 use proptest::prelude::*;
 use uuid::Uuid;
 
@@ -37,10 +37,10 @@ proptest! {
         let mut svc = open();
         let paths: Vec<PathBuf> = (0..2).map(|n| dir.path().join(format!("pv{n}"))).collect();
         for path in &paths {
-            svc.create_pv(path, Uuid::new_v4(), (1 << 20) + pes * EXTENT).unwrap();
+            svc.create_pv(path, Uuid::new_v4(), metadata::model::pv_bytes_for(pes, EXTENT)).unwrap();
         }
         svc.create_vg("vg", &paths, EXTENT).unwrap();
-        svc.create_lv("vg", "lv", LES * EXTENT, true).unwrap();
+        svc.create_lv("vg", "lv", LES * EXTENT, true, Layout::Linear).unwrap();
         let mut grant = svc.acquire("vg", "lv", "t").unwrap();
         let mut model: BTreeMap<u64, PeAddr> = BTreeMap::new();
         for op in ops {

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use metadata::{ExtentEntry, MapChange, MetaError, Service};
+use metadata::{ExtentEntry, Layout, MapChange, MetaError, Service};
 use uuid::Uuid;
 
 const MIB: u64 = 1 << 20;
@@ -36,8 +36,12 @@ fn pool(fx: &Fixture, pvs: usize, pes: u64) -> Service {
     let svc = fx.open();
     let paths: Vec<PathBuf> = (0..pvs).map(|n| fx.pv_path(n)).collect();
     for path in &paths {
-        svc.create_pv(path, Uuid::new_v4(), MIB + pes * EXTENT)
-            .unwrap();
+        svc.create_pv(
+            path,
+            Uuid::new_v4(),
+            metadata::model::pv_bytes_for(pes, EXTENT),
+        )
+        .unwrap();
     }
     svc.create_vg("vg", &paths, EXTENT).unwrap();
     svc
@@ -59,8 +63,10 @@ fn lifecycle_persists_across_reopen() {
     let fx = Fixture::new();
     {
         let svc = pool(&fx, 2, 10);
-        svc.create_lv("vg", "thin", 100 * MIB, true).unwrap();
-        svc.create_lv("vg", "thick", 10 * MIB, false).unwrap();
+        svc.create_lv("vg", "thin", 100 * MIB, true, Layout::Linear)
+            .unwrap();
+        svc.create_lv("vg", "thick", 10 * MIB, false, Layout::Linear)
+            .unwrap();
         assert_eq!(vg_free(&svc), 20 - 3, "thick LV of 10 MiB takes 3 extents");
     }
     let svc = fx.open();
@@ -80,7 +86,7 @@ fn lifecycle_persists_across_reopen() {
     svc.remove_lv("vg", "thick").unwrap();
     svc.remove_lv("vg", "thin").unwrap();
     assert_eq!(vg_free(&svc), 20);
-    svc.remove_vg("vg").unwrap();
+    svc.remove_vg("vg", false).unwrap();
     svc.remove_pv(&fx.pv_path(0)).unwrap();
     assert_eq!(svc.pv_reports().len(), 1);
 }
@@ -91,23 +97,29 @@ fn refused_operations_change_nothing() {
     let svc = pool(&fx, 1, 4);
     let before = (svc.pv_reports(), svc.vg_reports(), svc.lv_reports());
     let other = fx.pv_path(9);
-    svc.create_pv(&other, Uuid::new_v4(), MIB + 4 * EXTENT)
-        .unwrap();
+    svc.create_pv(
+        &other,
+        Uuid::new_v4(),
+        metadata::model::pv_bytes_for(4, EXTENT),
+    )
+    .unwrap();
     let before_pv = svc.pv_reports();
 
-    let err = svc.create_lv("vg", "big", 5 * EXTENT, false).unwrap_err();
+    let err = svc
+        .create_lv("vg", "big", 5 * EXTENT, false, Layout::Linear)
+        .unwrap_err();
     assert!(matches!(err, MetaError::NoSpace(_)), "{err}");
     assert!(err.to_string().contains("insufficient free space"), "{err}");
     assert!(matches!(
-        svc.create_lv("vg", "bad/name", MIB, true),
+        svc.create_lv("vg", "bad/name", MIB, true, Layout::Linear),
         Err(MetaError::InvalidArgument(_))
     ));
     assert!(matches!(
-        svc.create_lv("nope", "x", MIB, true),
+        svc.create_lv("nope", "x", MIB, true, Layout::Linear),
         Err(MetaError::NotFound(_))
     ));
     assert!(matches!(
-        svc.create_lv("vg", "zero", 0, true),
+        svc.create_lv("vg", "zero", 0, true, Layout::Linear),
         Err(MetaError::InvalidArgument(_))
     ));
     // A VG naming one free PV and one taken PV is refused as a whole.
@@ -145,7 +157,8 @@ fn refused_operations_change_nothing() {
 fn extend_grows_thick_lvs_all_or_nothing() {
     let fx = Fixture::new();
     let svc = pool(&fx, 1, 4);
-    svc.create_lv("vg", "lv", EXTENT, false).unwrap();
+    svc.create_lv("vg", "lv", EXTENT, false, Layout::Linear)
+        .unwrap();
     let err = svc.extend_lv("vg", "lv", 5 * EXTENT).unwrap_err();
     assert!(matches!(err, MetaError::NoSpace(_)));
     assert_eq!(vg_free(&svc), 3, "failed extend allocated nothing");
@@ -162,7 +175,8 @@ fn extend_grows_thick_lvs_all_or_nothing() {
 fn leases_reserve_commit_and_fence() {
     let fx = Fixture::new();
     let svc = pool(&fx, 2, 4).with_lease_duration(Duration::from_millis(300));
-    svc.create_lv("vg", "lv", 6 * EXTENT, true).unwrap();
+    svc.create_lv("vg", "lv", 6 * EXTENT, true, Layout::Linear)
+        .unwrap();
     let grant = svc.acquire("vg", "lv", "server-a").unwrap();
     assert!(grant.map.is_empty());
     assert!(matches!(
@@ -261,7 +275,8 @@ fn leases_reserve_commit_and_fence() {
 fn thick_extents_cannot_be_unmapped() {
     let fx = Fixture::new();
     let svc = pool(&fx, 1, 4);
-    svc.create_lv("vg", "lv", EXTENT, false).unwrap();
+    svc.create_lv("vg", "lv", EXTENT, false, Layout::Linear)
+        .unwrap();
     let grant = svc.acquire("vg", "lv", "t").unwrap();
     assert_eq!(grant.map.len(), 1);
     assert!(matches!(
@@ -286,7 +301,8 @@ fn reservations_survive_reopen_until_reclaimed() {
     let fx = Fixture::new();
     {
         let svc = pool(&fx, 1, 8);
-        svc.create_lv("vg", "lv", 8 * EXTENT, true).unwrap();
+        svc.create_lv("vg", "lv", 8 * EXTENT, true, Layout::Linear)
+            .unwrap();
         let grant = svc.acquire("vg", "lv", "t").unwrap();
         let reserved = reserve_n(&svc, grant.token, 4);
         svc.commit(
@@ -315,7 +331,8 @@ fn reservations_survive_reopen_until_reclaimed() {
 fn reservations_shrink_as_the_pool_fills() {
     let fx = Fixture::new();
     let svc = pool(&fx, 2, 40);
-    svc.create_lv("vg", "lv", 100 * EXTENT, true).unwrap();
+    svc.create_lv("vg", "lv", 100 * EXTENT, true, Layout::Linear)
+        .unwrap();
     let grant = svc.acquire("vg", "lv", "t").unwrap();
     assert_eq!(
         svc.reserve(grant.token, 8).unwrap().len(),

@@ -133,8 +133,8 @@ fn every_verb_and_its_errors() {
     assert_eq!(num(&vg["vg_extent_size"]), 4 << 20);
     assert_eq!(
         num(&vg["vg_extent_count"]),
-        3 * 63,
-        "1 MiB label area per PV"
+        3 * 62,
+        "per 256 MiB PV: 1 MiB label area and a 4 MiB stripe journal"
     );
     server.bv_ok(&["vgreduce", "vg", "c.img"]);
     assert_eq!(rows(&json(&server, "vgs"), "vg")[0]["pv_count"], "2");

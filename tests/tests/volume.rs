@@ -15,7 +15,7 @@ use blockvirt::volume::{PvHandle, PvSet, ThinVolume, VolumeOptions};
 use blockvirt::{
     BlockDevice, BlockStatus, ByteRange, Checked, ErrorKind, IoBuf, IoBufMut, WriteFlags, ZeroFlags,
 };
-use metadata::{LocalMapService, MapService, Service};
+use metadata::{Layout, LocalMapService, MapService, Service};
 use uuid::Uuid;
 
 const MIB: u64 = 1 << 20;
@@ -41,7 +41,7 @@ impl Pool {
         };
         for n in 0..count {
             let path = pool.dir.path().join(format!("pv{n}"));
-            let size = MIB + pes * EXTENT;
+            let size = metadata::model::pv_bytes_for(pes, EXTENT);
             std::fs::File::create(&path).unwrap().set_len(size).unwrap();
             pool.service.create_pv(&path, Uuid::new_v4(), size).unwrap();
             pool.paths.push(path);
@@ -61,6 +61,7 @@ impl Pool {
                     device: Arc::new(Checked::new(device)),
                     data_offset_bytes: pv.data_offset_bytes,
                 },
+                false,
             );
         }
     }
@@ -154,7 +155,9 @@ async fn conformance(thin: bool) {
     let counter = AtomicUsize::new(0);
     run_conformance(|| {
         let name = format!("lv{}", counter.fetch_add(1, Ordering::Relaxed));
-        pool.service.create_lv("vg", &name, 16 * MIB, thin).unwrap();
+        pool.service
+            .create_lv("vg", &name, 16 * MIB, thin, Layout::Linear)
+            .unwrap();
         let pool = &pool;
         async move { pool.open(&name).await }
     })
@@ -174,7 +177,9 @@ async fn thick_volume_conformance() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thin_extents_come_and_go_with_data() {
     let pool = Pool::new(2, 8);
-    pool.service.create_lv("vg", "lv", 64 * MIB, true).unwrap();
+    pool.service
+        .create_lv("vg", "lv", 64 * MIB, true, Layout::Linear)
+        .unwrap();
     let lv = pool.open("lv").await;
     let disk_before = pool.allocated_on_disk();
     write(&lv, 6 * MIB, pattern(0xab, 4 * MIB)).await; // [6, 8) in extent 1, [8, 10) in 2
@@ -227,8 +232,12 @@ async fn thin_extents_come_and_go_with_data() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_pool_fails_fast_and_recovers_after_discard() {
     let pool = Pool::new(1, 4);
-    pool.service.create_lv("vg", "a", 64 * MIB, true).unwrap();
-    pool.service.create_lv("vg", "b", 64 * MIB, true).unwrap();
+    pool.service
+        .create_lv("vg", "a", 64 * MIB, true, Layout::Linear)
+        .unwrap();
+    pool.service
+        .create_lv("vg", "b", 64 * MIB, true, Layout::Linear)
+        .unwrap();
     let a = pool.open("a").await;
     let b = pool.open("b").await;
     write(&b, 0, pattern(0xbb, MIB)).await;
@@ -263,8 +272,12 @@ async fn full_pool_fails_fast_and_recovers_after_discard() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reused_extent_never_shows_old_data() {
     let pool = Pool::new(1, 1);
-    pool.service.create_lv("vg", "a", EXTENT, true).unwrap();
-    pool.service.create_lv("vg", "b", EXTENT, true).unwrap();
+    pool.service
+        .create_lv("vg", "a", EXTENT, true, Layout::Linear)
+        .unwrap();
+    pool.service
+        .create_lv("vg", "b", EXTENT, true, Layout::Linear)
+        .unwrap();
     let a = pool.open("a").await;
     // Fill the extent, then discard all but one chunk (partial discard
     // leaves chunk 0 written), then the rest.
@@ -289,9 +302,11 @@ async fn a_reused_extent_never_shows_old_data() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_growth_is_visible_after_refresh() {
     let pool = Pool::new(1, 16);
-    pool.service.create_lv("vg", "thin", 8 * MIB, true).unwrap();
     pool.service
-        .create_lv("vg", "thick", 8 * MIB, false)
+        .create_lv("vg", "thin", 8 * MIB, true, Layout::Linear)
+        .unwrap();
+    pool.service
+        .create_lv("vg", "thick", 8 * MIB, false, Layout::Linear)
         .unwrap();
     for name in ["thin", "thick"] {
         let lv = pool.open(name).await;
@@ -311,7 +326,9 @@ async fn live_growth_is_visible_after_refresh() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flushed_data_survives_a_crash() {
     let pool = Pool::new(2, 8);
-    pool.service.create_lv("vg", "lv", 32 * MIB, true).unwrap();
+    pool.service
+        .create_lv("vg", "lv", 32 * MIB, true, Layout::Linear)
+        .unwrap();
     {
         // No background commits: only FLUSH and FUA may make things durable.
         let lv = pool
@@ -354,7 +371,9 @@ async fn flushed_data_survives_a_crash() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_writer_per_lv() {
     let pool = Pool::new(1, 4);
-    pool.service.create_lv("vg", "lv", 8 * MIB, true).unwrap();
+    pool.service
+        .create_lv("vg", "lv", 8 * MIB, true, Layout::Linear)
+        .unwrap();
     let lv = pool.open("lv").await;
     let second = ThinVolume::open(
         pool.map(),

@@ -77,6 +77,11 @@ pub struct FileDevice {
     direct: bool,
     block_device: bool,
     poisoned: AtomicBool,
+    /// Flushes hold it alone, FUA writes share it. Linux reports a
+    /// writeback error to one syncer only; with flushes one at a time and
+    /// the poison stored before the next one starts, no flush (or FUA
+    /// write) can report success for data an earlier sync found lost.
+    sync_order: tokio::sync::RwLock<()>,
 }
 
 impl std::fmt::Debug for FileDevice {
@@ -148,6 +153,7 @@ impl FileDevice {
             direct,
             block_device,
             poisoned: AtomicBool::new(false),
+            sync_order: tokio::sync::RwLock::new(()),
         })
     }
 
@@ -362,6 +368,14 @@ impl BlockDevice for FileDevice {
             return (Err(e), buf);
         }
         let dsync = flags.contains(WriteFlags::FUA);
+        let _order = if dsync {
+            Some(self.sync_order.read().await)
+        } else {
+            None
+        };
+        if let Err(e) = self.check_poison() {
+            return (Err(e), buf);
+        }
         let (result, sent) = if self.direct && !buf.is_aligned() {
             let (result, _) = self
                 .write_raw(offset_bytes, IoBuf::copy_from(&buf), dsync)
@@ -381,6 +395,7 @@ impl BlockDevice for FileDevice {
     }
 
     async fn flush(&self) -> BlockResult<()> {
+        let _alone = self.sync_order.write().await;
         self.check_poison()?;
         if let Err(e) = self.fdatasync().await {
             self.poisoned.store(true, Ordering::Release);

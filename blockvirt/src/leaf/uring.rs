@@ -66,6 +66,9 @@ struct Shared {
     queue: Mutex<VecDeque<Request>>,
     wake: OwnedFd,
     stop: AtomicBool,
+    /// Set (under the queue lock) once the ring failed for good: new
+    /// requests are refused at once instead of waiting forever.
+    dead: AtomicBool,
 }
 
 impl Shared {
@@ -101,6 +104,7 @@ impl Ring {
             queue: Mutex::new(VecDeque::new()),
             wake,
             stop: AtomicBool::new(false),
+            dead: AtomicBool::new(false),
         });
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
@@ -113,7 +117,17 @@ impl Ring {
     }
 
     pub(crate) fn submit(&self, request: Request) {
-        self.shared.queue.lock().push_back(request);
+        let mut queue = self.shared.queue.lock();
+        if self.shared.dead.load(Ordering::Acquire) {
+            drop(queue);
+            reply(
+                request,
+                Err(io::Error::other("the io_uring of this device failed")),
+            );
+            return;
+        }
+        queue.push_back(request);
+        drop(queue);
         self.shared.wake();
     }
 }
@@ -168,10 +182,15 @@ impl RingThread {
             match self.ring.submit_and_wait(1) {
                 Ok(_) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                // Completion queue full: reap, then go on.
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
+                // The kernel could not allocate a request now: back off.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::ENOMEM)) => {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
                 Err(e) => {
-                    tracing::error!("io_uring submit failed: {e}; failing queued requests");
-                    self.fail_everything(e);
+                    tracing::error!("io_uring submit failed: {e}; the device stops");
+                    self.die(e);
                     return;
                 }
             }
@@ -303,14 +322,56 @@ impl RingThread {
         }
     }
 
-    fn fail_everything(&mut self, err: io::Error) {
-        let in_flight: Vec<InFlight> = self.slots.iter_mut().filter_map(Option::take).collect();
-        for op in in_flight {
-            reply(op.request, Err(io::Error::new(err.kind(), err.to_string())));
-        }
-        let queued: Vec<Request> = self.shared.queue.lock().drain(..).collect();
+    /// The ring failed for good. Requests not yet handed to the kernel fail
+    /// now. Those the kernel may still be working on keep their buffers
+    /// until their completions arrive; any still missing after a grace
+    /// period fail with a fresh buffer while the original is leaked, so the
+    /// kernel can never write into memory that was freed.
+    fn die(&mut self, err: io::Error) {
+        let failure = || io::Error::new(err.kind(), err.to_string());
+        let queued: Vec<Request> = {
+            let mut queue = self.shared.queue.lock();
+            self.shared.dead.store(true, Ordering::Release);
+            queue.drain(..).collect()
+        };
         for request in queued {
-            reply(request, Err(io::Error::new(err.kind(), err.to_string())));
+            reply(request, Err(failure()));
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while self.in_flight > 0 && std::time::Instant::now() < deadline {
+            self.reap();
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        for slot in self.slots.iter_mut() {
+            if let Some(in_flight) = slot.take() {
+                let request = match in_flight.request {
+                    Request::Read { offset, buf, reply } => {
+                        let len = buf.len();
+                        std::mem::forget(buf);
+                        Request::Read {
+                            offset,
+                            buf: IoBufMut::zeroed(len),
+                            reply,
+                        }
+                    }
+                    Request::Write {
+                        offset,
+                        buf,
+                        dsync,
+                        reply,
+                    } => {
+                        std::mem::forget(buf.clone());
+                        Request::Write {
+                            offset,
+                            buf,
+                            dsync,
+                            reply,
+                        }
+                    }
+                    other => other,
+                };
+                reply(request, Err(failure()));
+            }
         }
     }
 }

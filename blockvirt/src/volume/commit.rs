@@ -1,39 +1,55 @@
 //! Making a volume durable: dirty tracking, group commit, and the
-//! background upkeep (periodic commit, lease renewal).
+//! background tasks (periodic commit, lease renewal).
 //!
 //! Crash ordering of one commit:
-//! 1. snapshot the dirty extents' slots (placement + written bits) and the
-//!    PVs written since the last commit;
-//! 2. flush those PVs, and the PVs of every snapshotted placement: a bit is
-//!    set only after its data write completed, so this flush covers it;
-//! 3. commit the snapshot to the metadata service (synced there);
-//! 4. only then acknowledge the FLUSH / FUA that asked for it.
+//! 1. take the dirty set: extents whose map entry changed, chunks whose
+//!    checksums changed, PVs written since the last commit;
+//! 2. snapshot those extents (placement, chunk bits, change count, under
+//!    the extent's placement lock, so the pieces belong together) and the
+//!    changed checksums;
+//! 3. flush those PVs, and the PVs of every snapshotted placement: a chunk
+//!    bit is set only after its data write completed, so this flush covers
+//!    the data behind every bit in the snapshot;
+//! 4. if a placement was released, let the layout retire anything that
+//!    could still write to it after a restart (its stripe journal);
+//! 5. commit the snapshot to the metadata service (synced there);
+//! 6. only then acknowledge the FLUSH / FUA that asked for it.
 //!
 //! Group commit: a flush that arrives while a commit runs waits for the
 //! next one; a flush that finds that a commit started after it arrived has
 //! finished returns at once. Concurrent flushes share one PV flush and one
 //! metadata write.
 //!
-//! A failed commit (PV flush error, lost lease, store error) stops the
-//! volume: what is durable is no longer known, so every later operation
-//! fails rather than acknowledge something that may not survive.
+//! A failed commit (lost lease, store error, a PV flush failing on a layout
+//! without redundancy) stops the volume: what is durable is no longer
+//! known, so every later operation fails rather than acknowledge something
+//! that may not survive. On a redundant layout a PV whose flush fails is
+//! marked failed instead, and the volume carries on degraded.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Weak;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
-use futures::future::try_join_all;
-use metadata::{ExtentEntry, MapChange, PvId};
+use futures::future::join_all;
+use metadata::{CommitBatch, ExtentEntry, MapChange, PeAddr, PvId};
 
-use super::{meta_error, Inner};
-use crate::error::{BlockError, BlockResult, ErrorKind};
+use super::{chunk_checksums, meta_error, Inner, Slot};
+use crate::error::{BlockResult, ErrorKind};
 
 /// What changed since the last commit.
 #[derive(Debug, Default)]
 pub(super) struct Dirty {
     pub extents: BTreeSet<u64>,
     pub pvs: BTreeSet<PvId>,
+    /// (extent, chunk) whose block checksums changed.
+    pub checksum_chunks: BTreeSet<(u64, u8)>,
+    /// PEs of extents unmapped since the last commit; the service takes
+    /// back those that were never committed.
+    pub returned: Vec<PeAddr>,
+    /// A placement was unmapped or replaced: the layout's barrier runs
+    /// before the commit.
+    pub placements_released: bool,
 }
 
 #[derive(Debug, Default)]
@@ -64,48 +80,91 @@ impl Inner {
     }
 
     async fn commit_once(&self) -> BlockResult<()> {
-        let Dirty { extents, mut pvs } = std::mem::take(&mut *self.dirty.lock());
-        let mut changes = Vec::with_capacity(extents.len());
-        let mut snapshotted = Vec::with_capacity(extents.len());
+        let Dirty {
+            extents,
+            mut pvs,
+            checksum_chunks,
+            returned,
+            placements_released,
+        } = std::mem::take(&mut *self.dirty.lock());
+        let mut batch = CommitBatch {
+            returned,
+            ..CommitBatch::default()
+        };
+        let mut snapshotted: Vec<(Arc<Slot>, u64)> = Vec::with_capacity(extents.len());
         for le in extents {
             let slot = self.slot(le);
-            // Read the change count first: the state read after it holds at
-            // least those changes.
-            let version = slot.changes.load(Ordering::Acquire);
-            let placement = slot.placement.read().await.clone();
-            if let Some(placement) = &placement {
+            let guard = slot.placement.read().await;
+            let bits = *slot.bits.lock();
+            if let Some(placement) = guard.as_ref() {
                 pvs.extend(placement.iter().map(|pe| pe.pv));
             }
-            changes.push(MapChange {
+            batch.extents.push(MapChange {
                 le,
-                entry: placement.map(|placement| ExtentEntry {
-                    placement,
-                    written: slot.written.load(Ordering::Acquire),
+                entry: guard.as_ref().map(|placement| ExtentEntry {
+                    placement: placement.clone(),
+                    written: bits.written,
                 }),
             });
-            snapshotted.push((slot, version));
+            drop(guard);
+            snapshotted.push((slot, bits.changes));
         }
-        let flushes = pvs
-            .iter()
-            .map(|pv| async move { self.pvs.get(*pv)?.device.flush().await });
-        try_join_all(flushes).await?;
-        if !changes.is_empty() {
+        for (le, chunk) in checksum_chunks {
+            let slot = self.slot(le);
+            let guard = slot.placement.read().await;
+            if guard.is_some() && !slot.checksums.lock().is_empty() {
+                batch
+                    .checksums
+                    .push(chunk_checksums(&slot, le, chunk, &self.geometry));
+            }
+        }
+        self.flush_pvs(&pvs).await?;
+        if placements_released {
+            self.redundancy.barrier().await?;
+        }
+        if !batch.is_empty() {
             self.map
-                .commit(self.token, changes)
+                .commit(self.token, batch)
                 .await
                 .map_err(|e| meta_error(&self.name, e))?;
         }
         for (slot, version) in snapshotted {
-            slot.committed.fetch_max(version, Ordering::AcqRel);
+            let mut bits = slot.bits.lock();
+            bits.committed = bits.committed.max(version);
+        }
+        Ok(())
+    }
+
+    /// Flushes the PVs. On a redundant layout a PV that fails its flush is
+    /// marked failed (its legs are no longer trusted); otherwise the
+    /// failure is the commit's.
+    async fn flush_pvs(&self, pvs: &BTreeSet<PvId>) -> BlockResult<()> {
+        let flushes = pvs
+            .iter()
+            .filter(|pv| !self.pvs.is_failed(**pv))
+            .map(|pv| async move {
+                let result = match self.pvs.get(*pv) {
+                    Ok(handle) => handle.device.flush().await,
+                    Err(e) => Err(e),
+                };
+                (*pv, result)
+            });
+        for (pv, result) in join_all(flushes).await {
+            if let Err(e) = result {
+                if self.checksummed {
+                    self.pvs.fail(pv, &e.to_string());
+                } else {
+                    return Err(e);
+                }
+            }
         }
         Ok(())
     }
 }
 
-/// Commits dirty map changes every `interval` and renews the lease well
-/// before it runs out. Ends when the volume is dropped.
-pub(super) async fn upkeep(volume: Weak<Inner>, interval: Duration) {
-    let mut renewed = Instant::now();
+/// Commits dirty changes every `interval`. Ends when the volume is dropped
+/// or stops.
+pub(super) async fn background_commits(volume: Weak<Inner>, interval: Duration) {
     loop {
         tokio::time::sleep(interval).await;
         let Some(inner) = volume.upgrade() else {
@@ -114,28 +173,40 @@ pub(super) async fn upkeep(volume: Weak<Inner>, interval: Duration) {
         if inner.check_usable().is_err() {
             return;
         }
-        if !inner.dirty.lock().extents.is_empty() {
+        let dirty = {
+            let dirty = inner.dirty.lock();
+            !dirty.extents.is_empty()
+                || !dirty.checksum_chunks.is_empty()
+                || !dirty.returned.is_empty()
+        };
+        if dirty {
             if let Err(e) = inner.sync().await {
                 tracing::error!("{}: background commit failed: {e}", inner.name);
             }
         }
-        if renewed.elapsed() >= inner.lease_duration / 3 {
-            match inner.refresh().await {
-                Ok(()) => renewed = Instant::now(),
-                Err(e) => {
-                    tracing::error!("{}: lease renewal failed: {e}", inner.name);
-                    if e.kind() == ErrorKind::Fenced {
-                        inner.fail(&e);
-                    } else if renewed.elapsed() >= inner.lease_duration {
-                        // The lease has run out: another holder may own the LV now.
-                        inner.fail(&BlockError::new(
-                            ErrorKind::Fenced,
-                            format!("{}: lease expired", inner.name),
-                        ));
-                    }
-                }
+    }
+}
+
+/// Renews the lease every third of its duration, on its own: a slow commit
+/// must not let it lapse. I/O stops at the local deadline if renewals fail.
+pub(super) async fn lease_renewal(volume: Weak<Inner>) {
+    loop {
+        let Some(period) = volume.upgrade().map(|inner| inner.lease_duration / 3) else {
+            return;
+        };
+        tokio::time::sleep(period).await;
+        let Some(inner) = volume.upgrade() else {
+            return;
+        };
+        if inner.check_usable().is_err() {
+            return;
+        }
+        if let Err(e) = inner.refresh().await {
+            tracing::error!("{}: lease renewal failed: {e}", inner.name);
+            if e.kind() == ErrorKind::Fenced {
+                inner.fail(&e);
+                return;
             }
         }
-        drop(inner);
     }
 }

@@ -10,6 +10,9 @@
 
 use metadata::model::CHUNKS_PER_EXTENT;
 
+/// The I/O block.
+const BLOCK_BYTES: u64 = 4096;
+
 /// A part of a request that falls inside one extent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Piece {
@@ -29,12 +32,25 @@ pub struct Geometry {
 }
 
 impl Geometry {
+    /// An extent of `extent_bytes` user bytes: a multiple of 64 blocks
+    /// (a striped extent of 3 × 4 MiB PEs is not a power of two).
     pub fn new(extent_bytes: u64) -> Self {
-        assert!(extent_bytes.is_power_of_two() && extent_bytes >= CHUNKS_PER_EXTENT * 4096);
+        assert!(
+            extent_bytes > 0 && extent_bytes.is_multiple_of(CHUNKS_PER_EXTENT * BLOCK_BYTES),
+            "extent of {extent_bytes} bytes is not 64 whole-block chunks"
+        );
         Geometry {
             extent_bytes,
             chunk_bytes: extent_bytes / CHUNKS_PER_EXTENT,
         }
+    }
+
+    pub fn blocks_per_chunk(&self) -> usize {
+        (self.chunk_bytes / BLOCK_BYTES) as usize
+    }
+
+    pub fn blocks_per_extent(&self) -> usize {
+        (self.extent_bytes / BLOCK_BYTES) as usize
     }
 
     /// Splits `[offset, offset + len)` at extent boundaries.

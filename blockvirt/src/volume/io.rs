@@ -1,5 +1,6 @@
 //! The volume's I/O: requests split into per-extent pieces, each piece
-//! served under its slot's lock (see the module doc of `volume`).
+//! served under its slot's lock (see the module doc of `volume`) through
+//! the layout's `Redundancy`.
 
 use std::sync::atomic::Ordering;
 
@@ -7,12 +8,25 @@ use futures::future::join_all;
 use metadata::Placement;
 
 use super::geometry::Piece;
-use super::{Inner, Slot};
-use crate::buf::{IoBuf, IoBufMut};
+use super::layout::{BlockCheck, Legs, ReadReport};
+use super::{block_checksum, Inner, Slot};
+use crate::buf::{IoBuf, IoBufMut, IO_ALIGN};
 use crate::device::{
     push_status, BlockStatus, BufResult, ByteRange, StatusExtent, WriteFlags, ZeroFlags,
 };
 use crate::error::{BlockError, BlockResult, ErrorKind};
+
+/// Checks blocks of one extent against the checksums in its slot.
+struct SlotCheck<'a> {
+    slot: &'a Slot,
+}
+
+impl BlockCheck for SlotCheck<'_> {
+    fn matches(&self, offset_bytes: u64, block: &[u8]) -> bool {
+        let expected = self.slot.checksums.lock()[(offset_bytes / IO_ALIGN as u64) as usize];
+        block_checksum(block) == expected
+    }
+}
 
 impl Inner {
     pub(super) async fn read(&self, offset_bytes: u64, mut buf: IoBufMut) -> BufResult<IoBufMut> {
@@ -31,36 +45,92 @@ impl Inner {
         rejoin(results, buf)
     }
 
-    async fn read_piece(&self, piece: Piece, mut buf: IoBufMut) -> BufResult<IoBufMut> {
+    async fn read_piece(&self, piece: Piece, buf: IoBufMut) -> BufResult<IoBufMut> {
         let slot = self.slot(piece.le);
-        let guard = slot.placement.read().await;
-        let Some(placement) = guard.as_ref() else {
-            buf.fill(0);
-            return (Ok(()), buf);
+        let (result, buf, clean) = {
+            let guard = slot.placement.read().await;
+            self.read_runs(&slot, piece, guard.as_ref(), buf, false)
+                .await
         };
-        let runs = self
-            .geometry
-            .runs(&piece, slot.written.load(Ordering::Acquire));
+        if clean || result.is_err() {
+            return (result, buf);
+        }
+        // A copy failed its checksum, or every copy disagreed with it:
+        // read again with the extent to ourselves, so that rewriting a bad
+        // copy cannot race a write, and adopt what the copies agree on.
+        let guard = slot.placement.write().await;
+        let (result, buf, _) = self
+            .read_runs(&slot, piece, guard.as_ref(), buf, true)
+            .await;
+        (result, buf)
+    }
+
+    /// Reads the piece's written runs (zeroes for the rest). Returns
+    /// whether verification found nothing to act on.
+    async fn read_runs(
+        &self,
+        slot: &Slot,
+        piece: Piece,
+        placement: Option<&Placement>,
+        mut buf: IoBufMut,
+        repair: bool,
+    ) -> (BlockResult<()>, IoBufMut, bool) {
+        let Some(placement) = placement else {
+            buf.fill(0);
+            return (Ok(()), buf, true);
+        };
+        let legs = self.legs(placement);
+        let check = SlotCheck { slot };
+        let check = self.checksummed.then_some(&check as &dyn BlockCheck);
+        let runs = self.geometry.runs(&piece, slot.written());
         let parts: Vec<IoBufMut> = runs.iter().map(|r| buf.split_to(r.1 as usize)).collect();
         let reads = runs
             .iter()
             .zip(parts)
-            .map(|(&(start, _, written), mut part)| async move {
-                if !written {
-                    part.fill(0);
-                    return (Ok(()), part);
-                }
-                match self.pvs.locate(placement[0], self.geometry.extent_bytes) {
-                    Ok((device, base)) => {
-                        device
-                            .read_at(base + piece.offset_bytes + start, part)
-                            .await
+            .map(|(&(start, _, written), mut part)| {
+                let legs = &legs;
+                async move {
+                    if !written {
+                        part.fill(0);
+                        return (Ok(ReadReport::default()), part);
                     }
-                    Err(e) => (Err(e), part),
+                    self.redundancy
+                        .read(legs, piece.offset_bytes + start, part, check, repair)
+                        .await
                 }
             });
-        let results = join_all(reads).await;
-        rejoin(results, buf)
+        let mut outcome = Ok(());
+        let mut clean = true;
+        let mut whole: Option<IoBufMut> = None;
+        for ((start, _, _), (result, part)) in runs.iter().zip(join_all(reads).await) {
+            match result {
+                Ok(report) => {
+                    clean &= report.adopted.is_empty() && report.mismatches == 0;
+                    if repair {
+                        self.mismatches
+                            .fetch_add(report.mismatches, Ordering::Relaxed);
+                        for offset in report.adopted {
+                            let at = (offset - piece.offset_bytes - start) as usize;
+                            self.record_checksums(slot, piece.le, offset, &part[at..at + IO_ALIGN]);
+                        }
+                    }
+                }
+                Err(e) if outcome.is_ok() => outcome = Err(e),
+                Err(_) => {}
+            }
+            match whole.as_mut() {
+                Some(joined) => joined.unsplit(part),
+                None => whole = Some(part),
+            }
+        }
+        let buf = match whole {
+            Some(mut joined) => {
+                joined.unsplit(buf);
+                joined
+            }
+            None => buf,
+        };
+        (outcome, buf, clean)
     }
 
     pub(super) async fn write(
@@ -71,10 +141,9 @@ impl Inner {
     ) -> BlockResult<()> {
         let pieces = self.geometry.pieces(offset_bytes, buf.len() as u64);
         let writes = pieces.iter().map(|p| {
-            let data = buf.slice(
-                p.request_offset_bytes as usize..(p.request_offset_bytes + p.len_bytes) as usize,
-            );
-            self.write_piece(*p, data, flags)
+            let range =
+                p.request_offset_bytes as usize..(p.request_offset_bytes + p.len_bytes) as usize;
+            self.write_piece(*p, buf.slice(range), flags)
         });
         for result in join_all(writes).await {
             result?;
@@ -94,11 +163,19 @@ impl Inner {
         {
             let guard = slot.placement.read().await;
             if let Some(placement) = guard.as_ref() {
-                let written = slot.written.load(Ordering::Acquire);
-                if touched & !covered & !written == 0 {
-                    self.write_pv(placement, piece.offset_bytes, data, flags)
+                if touched & !covered & !slot.written() == 0 {
+                    let legs = self.legs(placement);
+                    self.redundancy
+                        .write(&legs, piece.offset_bytes, data.clone(), flags)
                         .await?;
-                    self.mark_written(&slot, piece.le, placement, touched);
+                    self.completed_write(
+                        &slot,
+                        piece.le,
+                        &legs,
+                        piece.offset_bytes,
+                        &data,
+                        touched,
+                    );
                     return Ok(());
                 }
             }
@@ -108,9 +185,12 @@ impl Inner {
         let newly_mapped = guard.is_none();
         if newly_mapped {
             *guard = Some(self.allocate().await?);
+            if self.checksummed {
+                *slot.checksums.lock() = vec![0; self.geometry.blocks_per_extent()];
+            }
         }
         let placement = guard.as_ref().expect("mapped above");
-        let init = touched & !covered & !slot.written.load(Ordering::Acquire);
+        let init = touched & !covered & !slot.written();
         let (start, stop) = self.geometry.widen(&piece, init);
         let data = if (start, stop) == (piece.offset_bytes, piece.offset_bytes + piece.len_bytes) {
             data
@@ -120,46 +200,43 @@ impl Inner {
             wide[at..at + data.len()].copy_from_slice(&data);
             wide.freeze()
         };
-        if let Err(e) = self.write_pv(placement, start, data, flags).await {
+        let legs = self.legs(placement);
+        if let Err(e) = self
+            .redundancy
+            .write(&legs, start, data.clone(), flags)
+            .await
+        {
             if newly_mapped {
-                // Nothing references the new extent: hand it back unused.
+                // No commit could see it (we held the extent): reuse it.
                 let unused = guard.take().expect("mapped above");
                 self.reservation.lock().push(unused);
             }
             return Err(e);
         }
         if newly_mapped {
-            self.map_changed(&slot, piece.le);
+            self.placement_changed(&slot, piece.le);
         }
-        self.mark_written(&slot, piece.le, placement, touched);
+        self.completed_write(&slot, piece.le, &legs, start, &data, touched);
         Ok(())
     }
 
-    async fn write_pv(
+    /// Records a completed write: checksums, chunk bits, and the PVs the
+    /// next commit must flush.
+    fn completed_write(
         &self,
-        placement: &Placement,
-        offset_in_extent: u64,
-        data: IoBuf,
-        flags: WriteFlags,
-    ) -> BlockResult<()> {
-        let (device, base) = self.pvs.locate(placement[0], self.geometry.extent_bytes)?;
-        device
-            .write_at(base + offset_in_extent, data, flags)
-            .await
-            .0
-    }
-
-    /// Records completed writes: chunk bits, and what the next commit must
-    /// flush and persist.
-    fn mark_written(&self, slot: &Slot, le: u64, placement: &Placement, touched: u64) {
-        let before = slot.written.fetch_or(touched, Ordering::AcqRel);
-        if before & touched != touched {
-            self.map_changed(slot, le);
-        }
+        slot: &Slot,
+        le: u64,
+        legs: &Legs,
+        offset_bytes: u64,
+        data: &[u8],
+        touched: u64,
+    ) {
+        self.record_checksums(slot, le, offset_bytes, data);
+        self.update_bits(slot, le, |written| written | touched);
         self.dirty
             .lock()
             .pvs
-            .extend(placement.iter().map(|pe| pe.pv));
+            .extend(legs.legs.iter().map(|leg| leg.pv));
     }
 
     /// Discard (`discard` true: advisory, partial chunks untouched) or
@@ -178,7 +255,7 @@ impl Inner {
                 let slot = self.slot(piece.le);
                 let guard = slot.placement.read().await;
                 let partial = self.geometry.touched(piece) & !self.geometry.covered(piece);
-                if guard.is_some() && partial & slot.written.load(Ordering::Acquire) != 0 {
+                if guard.is_some() && partial & slot.written() != 0 {
                     return Err(BlockError::new(
                         ErrorKind::Unsupported,
                         format!(
@@ -204,37 +281,46 @@ impl Inner {
                 return Ok(()); // unallocated already reads as zeroes
             }
             *guard = Some(self.allocate().await?);
-            self.map_changed(&slot, piece.le);
+            if self.checksummed {
+                *slot.checksums.lock() = vec![0; self.geometry.blocks_per_extent()];
+            }
+            self.placement_changed(&slot, piece.le);
         }
         let placement = guard.clone().expect("mapped above");
-        let (device, base) = self.pvs.locate(placement[0], self.geometry.extent_bytes)?;
+        let legs = self.legs(&placement);
         let covered = self.geometry.covered(&piece);
-        let written = slot.written.load(Ordering::Acquire);
+        let written = slot.written();
         if !discard {
             // Partial chunks holding data get real zeroes over the range.
             let partial = self.geometry.touched(&piece) & !covered & written;
             for (start, len, set) in self.geometry.runs(&piece, partial) {
                 if set {
-                    let range = ByteRange::new(base + piece.offset_bytes + start, len);
-                    device.write_zeroes(range, ZeroFlags::NO_HOLE).await?;
+                    let offset = piece.offset_bytes + start;
+                    self.redundancy.write_zeroes(&legs, offset, len).await?;
+                    self.record_checksums(&slot, piece.le, offset, &vec![0; len as usize]);
                     self.dirty
                         .lock()
                         .pvs
-                        .extend(placement.iter().map(|pe| pe.pv));
+                        .extend(legs.legs.iter().map(|leg| leg.pv));
                 }
             }
         }
         let cleared = covered & written;
         let remaining = written & !cleared;
         if self.thin && !keep_allocated && remaining == 0 {
-            // Nothing written is left: give the extent back to the VG. Punch
-            // it first, while no one else can reach the PE.
-            device
-                .discard(ByteRange::new(base, self.geometry.extent_bytes))
+            // Nothing written is left: give the extent back to the VG.
+            // Release its space first, while no one else can reach it.
+            self.redundancy
+                .release(&legs, 0, self.geometry.extent_bytes)
                 .await?;
-            slot.written.store(0, Ordering::Release);
+            self.update_bits(&slot, piece.le, |_| 0);
             *guard = None;
-            self.map_changed(&slot, piece.le);
+            slot.checksums.lock().clear();
+            self.placement_changed(&slot, piece.le);
+            let mut dirty = self.dirty.lock();
+            dirty.placements_released = true;
+            // If it was never committed, the service takes it back.
+            dirty.returned.extend(placement);
             return Ok(());
         }
         if cleared != 0 {
@@ -246,12 +332,11 @@ impl Inner {
                 };
                 for (start, len, set) in self.geometry.runs(&whole, cleared) {
                     if set {
-                        device.discard(ByteRange::new(base + start, len)).await?;
+                        self.redundancy.release(&legs, start, len).await?;
                     }
                 }
             }
-            slot.written.fetch_and(!cleared, Ordering::AcqRel);
-            self.map_changed(&slot, piece.le);
+            self.update_bits(&slot, piece.le, |written| written & !cleared);
         }
         Ok(())
     }
@@ -269,10 +354,7 @@ impl Inner {
                 );
                 continue;
             }
-            for (_, len, written) in self
-                .geometry
-                .runs(&piece, slot.written.load(Ordering::Acquire))
-            {
+            for (_, len, written) in self.geometry.runs(&piece, slot.written()) {
                 let status = if written {
                     BlockStatus::empty()
                 } else {

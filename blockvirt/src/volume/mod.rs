@@ -1,24 +1,33 @@
 //! `ThinVolume`: a logical volume as a block device. It maps the volume's
-//! bytes onto physical extents, allocates thin extents on first write,
-//! gives them back on discard, and answers block status.
+//! bytes onto placed extents, allocates thin extents on first write, gives
+//! them back on discard, answers block status, and (for redundant layouts)
+//! keeps a checksum per block so a bad copy is never served.
 //!
 //! ```text
 //!  LV bytes   |-- extent 0 --|-- extent 1 --|-- extent 2 --|
-//!  slots        PE(pv1, 7)      unmapped       PE(pv2, 0)
+//!  slots        [PE(pv1,7)]     unmapped       [PE(pv2,0), PE(pv3,4)]
 //!  written      0b..0110        -              0b..1111      (64 chunks each)
+//!                    │ Redundancy (linear, raid0/1/5/10, ec)
+//!                    ▼
+//!                   legs (PEs on distinct PVs)
 //! ```
 //!
-//! Each logical extent has a slot: its placement (or none) and a 64-bit
-//! "written" bitmap of chunks (extent / 64; 64 KiB for the default 4 MiB
-//! extent). Clear chunks read as zeroes whatever the PE holds, so a PE
-//! freed by one LV and handed to another never shows the old data, and
-//! nothing is zeroed at allocation. The first write into a chunk that does
-//! not cover it whole writes the rest of the chunk as zeroes.
+//! Each logical extent has a slot: its placement (or none), a 64-bit
+//! "written" bitmap of chunks (extent / 64; 64 KiB for a 4 MiB linear
+//! extent), and for redundant layouts a checksum per 4 KiB block. Clear
+//! chunks read as zeroes whatever the PEs hold, so a PE freed by one LV and
+//! handed to another never shows the old data, and nothing is zeroed at
+//! allocation. The first write into a chunk that does not cover it whole
+//! writes the rest of the chunk as zeroes.
 //!
-//! Locking, per extent: reads and writes into chunks already written (or
-//! covered whole) share the slot lock; allocation, partial-chunk first
-//! writes, discard and zeroing take it alone. Holding the lock across the
-//! PV I/O keeps a PE from being freed under an I/O in flight.
+//! Locking, per extent: reads, and writes into chunks already written (or
+//! covered whole), share the slot's placement lock; allocation, partial
+//! first writes, discard, zeroing, repair of a bad copy and leg
+//! replacement take it alone. Holding it across the leg I/O keeps a PE
+//! from being freed under an I/O in flight. The chunk bits and the count of
+//! map changes sit under one small mutex, updated together with the dirty
+//! set, so a FUA write can always tell whether the map entry it relies on
+//! is durable.
 //!
 //! Crash rule (see `commit`): data write -> PV flush -> synced metadata
 //! commit -> acknowledge. A map change is committed only after the data it
@@ -31,17 +40,19 @@
 //! its chunks is written (thin LVs). A partial chunk is left as is by
 //! discard (advisory) and overwritten with zeroes by write-zeroes.
 
+mod checksum;
 mod commit;
 mod geometry;
 mod io;
+mod layout;
 mod pvs;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use metadata::{LeaseToken, MapService, MetaError, Placement};
+use metadata::{ChunkChecksums, ExtentEntry, LeaseToken, MapService, MetaError, PeAddr, Placement};
 use parking_lot::{Mutex, RwLock};
 use tokio::task::JoinHandle;
 
@@ -50,14 +61,18 @@ use crate::device::{
     BlockDevice, BufResult, ByteRange, Caps, DeviceInfo, StatusExtent, WriteFlags, ZeroFlags,
 };
 use crate::error::{BlockError, BlockResult, ErrorKind};
+pub use checksum::block_checksum;
 use commit::{Committer, Dirty};
 pub use geometry::Geometry;
+pub use layout::{
+    BlockCheck, Layouts, Leg, Legs, Linear, LinearOnly, ReadReport, Redundancy, ScrubReport,
+};
 pub use pvs::{PvHandle, PvSet};
 
 /// Largest single request; pieces stay within the leaves' limit.
 const IO_BYTES_MAX: u32 = 32 << 20;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct VolumeOptions {
     /// Who holds the lease (shown in `lvs`).
     pub holder: String,
@@ -65,6 +80,8 @@ pub struct VolumeOptions {
     pub commit_interval: Duration,
     /// Extents reserved from the VG at a time.
     pub reserve_batch: usize,
+    /// Builds the I/O for the LV's layout.
+    pub layouts: Arc<dyn Layouts>,
 }
 
 impl Default for VolumeOptions {
@@ -73,31 +90,44 @@ impl Default for VolumeOptions {
             holder: format!("bv serve (pid {})", std::process::id()),
             commit_interval: Duration::from_secs(1),
             reserve_batch: 4,
+            layouts: Arc::new(LinearOnly),
         }
     }
+}
+
+/// The chunk bits of a slot and how many map changes it has seen and had
+/// committed; updated together, under one lock.
+#[derive(Debug, Default, Clone, Copy)]
+struct Bits {
+    written: u64,
+    changes: u64,
+    committed: u64,
 }
 
 /// One logical extent.
 #[derive(Debug, Default)]
 struct Slot {
     placement: tokio::sync::RwLock<Option<Placement>>,
-    written: AtomicU64,
-    /// Map changes made to this extent so far, and how many of them a
-    /// commit has made durable.
-    changes: AtomicU64,
-    committed: AtomicU64,
+    bits: Mutex<Bits>,
+    /// Per-4 KiB-block checksums; empty unless the layout is redundant.
+    checksums: Mutex<Vec<u32>>,
 }
 
 impl Slot {
+    fn written(&self) -> u64 {
+        self.bits.lock().written
+    }
+
     /// True when the extent's map entry on disk is the one in memory.
     fn is_durable(&self) -> bool {
-        self.committed.load(Ordering::Acquire) >= self.changes.load(Ordering::Acquire)
+        let bits = self.bits.lock();
+        bits.committed >= bits.changes
     }
 }
 
 pub struct ThinVolume {
     inner: Arc<Inner>,
-    upkeep: JoinHandle<()>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 struct Inner {
@@ -105,8 +135,14 @@ struct Inner {
     map: Arc<dyn MapService>,
     token: LeaseToken,
     lease_duration: Duration,
+    /// I/O stops at this instant unless a renewal moved it.
+    lease_deadline: Mutex<Instant>,
     pvs: PvSet,
+    redundancy: Arc<dyn Redundancy>,
+    pe_bytes: u64,
     geometry: Geometry,
+    /// Keep block checksums (redundant layouts).
+    checksummed: bool,
     thin: bool,
     size_bytes: AtomicU64,
     slots: RwLock<Vec<Arc<Slot>>>,
@@ -114,6 +150,9 @@ struct Inner {
     reserve_batch: usize,
     dirty: Mutex<Dirty>,
     committer: Committer,
+    refreshing: tokio::sync::Mutex<()>,
+    /// Bad copies found by reads and scrubs since the volume opened.
+    mismatches: AtomicU64,
     /// Sticky: once set, every operation fails with it.
     failure: Mutex<Option<(ErrorKind, String)>>,
     closed: AtomicBool,
@@ -135,49 +174,28 @@ impl ThinVolume {
         options: VolumeOptions,
     ) -> BlockResult<ThinVolume> {
         let name = format!("{vg}/{lv}");
+        let requested = Instant::now();
         let grant = map
             .acquire(vg, lv, &options.holder)
             .await
             .map_err(|e| meta_error(&name, e))?;
-        let geometry = Geometry::new(grant.vg.extent_bytes);
-        let slots: Vec<Arc<Slot>> = (0..grant.lv.size_bytes / geometry.extent_bytes)
-            .map(|_| Arc::new(Slot::default()))
-            .collect();
-        for (le, entry) in grant.map {
-            let slot = slots.get(le as usize).ok_or_else(|| {
-                BlockError::new(
-                    ErrorKind::Corrupt,
-                    format!("{name}: mapped extent {le} beyond the LV's size"),
-                )
-            })?;
-            *slot
-                .placement
-                .try_write()
-                .expect("no one else holds it yet") = Some(entry.placement);
-            slot.written.store(entry.written, Ordering::Relaxed);
-        }
-        let inner = Arc::new(Inner {
-            name,
-            map,
-            token: grant.token,
-            lease_duration: grant.duration,
-            pvs,
-            geometry,
-            thin: grant.lv.thin,
-            size_bytes: AtomicU64::new(grant.lv.size_bytes),
-            slots: RwLock::new(slots),
-            reservation: Mutex::new(Vec::new()),
-            reserve_batch: options.reserve_batch.max(1),
-            dirty: Mutex::new(Dirty::default()),
-            committer: Committer::default(),
-            failure: Mutex::new(None),
-            closed: AtomicBool::new(false),
-        });
-        let upkeep = tokio::spawn(commit::upkeep(
-            Arc::downgrade(&inner),
-            options.commit_interval,
-        ));
-        Ok(ThinVolume { inner, upkeep })
+        let token = grant.token;
+        let inner = match Inner::new(name.clone(), map.clone(), pvs, grant, requested, &options) {
+            Ok(inner) => Arc::new(inner),
+            Err(e) => {
+                // Do not leave the LV "in use" by a volume that never opened.
+                let _ = map.release(token, Vec::new()).await;
+                return Err(e);
+            }
+        };
+        let tasks = vec![
+            tokio::spawn(commit::background_commits(
+                Arc::downgrade(&inner),
+                options.commit_interval,
+            )),
+            tokio::spawn(commit::lease_renewal(Arc::downgrade(&inner))),
+        ];
+        Ok(ThinVolume { inner, tasks })
     }
 
     pub fn name(&self) -> &str {
@@ -189,8 +207,13 @@ impl ThinVolume {
     pub async fn close(&self) -> BlockResult<()> {
         let synced = self.inner.sync().await;
         self.inner.closed.store(true, Ordering::Release);
-        self.upkeep.abort();
-        let unused = std::mem::take(&mut *self.inner.reservation.lock());
+        for task in &self.tasks {
+            task.abort();
+        }
+        let unused: Vec<PeAddr> = std::mem::take(&mut *self.inner.reservation.lock())
+            .into_iter()
+            .flatten()
+            .collect();
         let released = self
             .inner
             .map
@@ -205,15 +228,90 @@ impl ThinVolume {
     pub async fn refresh(&self) -> BlockResult<()> {
         self.inner.refresh().await
     }
+
+    /// Bad copies found by reads and scrubs since the volume opened.
+    pub fn mismatches(&self) -> u64 {
+        self.inner.mismatches.load(Ordering::Relaxed)
+    }
 }
 
 impl Drop for ThinVolume {
     fn drop(&mut self) {
-        self.upkeep.abort();
+        for task in &self.tasks {
+            task.abort();
+        }
     }
 }
 
 impl Inner {
+    fn new(
+        name: String,
+        map: Arc<dyn MapService>,
+        pvs: PvSet,
+        grant: metadata::LeaseGrant,
+        requested: Instant,
+        options: &VolumeOptions,
+    ) -> BlockResult<Inner> {
+        let pe_bytes = grant.vg.extent_bytes;
+        let redundancy = options
+            .layouts
+            .build(grant.lv.layout, pe_bytes)
+            .map_err(|e| e.context_prefix(&name))?;
+        let geometry = Geometry::new(redundancy.extent_bytes());
+        let checksummed = grant.lv.layout.is_redundant();
+        let slots: Vec<Arc<Slot>> = (0..grant.lv.size_bytes / geometry.extent_bytes)
+            .map(|_| Arc::new(Slot::default()))
+            .collect();
+        let corrupt = |what: String| BlockError::new(ErrorKind::Corrupt, format!("{name}: {what}"));
+        for (le, entry) in grant.map {
+            let slot = slots
+                .get(le as usize)
+                .ok_or_else(|| corrupt(format!("mapped extent {le} beyond the LV's size")))?;
+            install(slot, entry, &geometry, checksummed);
+        }
+        for sums in grant.checksums {
+            let slot = slots.get(sums.le as usize).ok_or_else(|| {
+                corrupt(format!(
+                    "checksums for extent {} beyond the LV's size",
+                    sums.le
+                ))
+            })?;
+            let per_chunk = geometry.blocks_per_chunk();
+            let mut checksums = slot.checksums.lock();
+            let start = sums.chunk as usize * per_chunk;
+            if sums.values.len() != per_chunk || start + per_chunk > checksums.len() {
+                return Err(corrupt(format!(
+                    "checksums of extent {} chunk {} do not fit",
+                    sums.le, sums.chunk
+                )));
+            }
+            checksums[start..start + per_chunk].copy_from_slice(&sums.values);
+        }
+        Ok(Inner {
+            name,
+            map,
+            token: grant.token,
+            lease_duration: grant.duration,
+            lease_deadline: Mutex::new(requested + grant.duration),
+            pvs,
+            redundancy,
+            pe_bytes,
+            geometry,
+            checksummed,
+            thin: grant.lv.thin,
+            size_bytes: AtomicU64::new(grant.lv.size_bytes),
+            slots: RwLock::new(slots),
+            reservation: Mutex::new(Vec::new()),
+            reserve_batch: options.reserve_batch.max(1),
+            dirty: Mutex::new(Dirty::default()),
+            committer: Committer::default(),
+            refreshing: tokio::sync::Mutex::new(()),
+            mismatches: AtomicU64::new(0),
+            failure: Mutex::new(None),
+            closed: AtomicBool::new(false),
+        })
+    }
+
     fn info(&self) -> DeviceInfo {
         DeviceInfo {
             size_bytes: self.size_bytes.load(Ordering::Acquire),
@@ -239,6 +337,14 @@ impl Inner {
                 format!("{}: closed", self.name),
             ));
         }
+        if Instant::now() >= *self.lease_deadline.lock() {
+            let err = BlockError::new(
+                ErrorKind::Fenced,
+                format!("{}: write lease expired", self.name),
+            );
+            self.fail(&err);
+            return Err(err);
+        }
         Ok(())
     }
 
@@ -251,14 +357,52 @@ impl Inner {
         }
     }
 
-    /// Records a change to extent `le`'s map entry for the next commit.
-    fn map_changed(&self, slot: &Slot, le: u64) {
-        slot.changes.fetch_add(1, Ordering::AcqRel);
+    fn slot(&self, le: u64) -> Arc<Slot> {
+        self.slots.read()[le as usize].clone()
+    }
+
+    fn legs(&self, placement: &Placement) -> Legs {
+        self.pvs.legs(placement, self.pe_bytes)
+    }
+
+    /// Updates a slot's chunk bits; counts a map change and marks it dirty
+    /// (in the same critical section) when they changed.
+    fn update_bits(&self, slot: &Slot, le: u64, update: impl FnOnce(u64) -> u64) {
+        let mut bits = slot.bits.lock();
+        let written = update(bits.written);
+        if written != bits.written {
+            bits.written = written;
+            bits.changes += 1;
+            self.dirty.lock().extents.insert(le);
+        }
+    }
+
+    /// Records a change to extent `le`'s placement for the next commit.
+    fn placement_changed(&self, slot: &Slot, le: u64) {
+        let mut bits = slot.bits.lock();
+        bits.changes += 1;
         self.dirty.lock().extents.insert(le);
     }
 
-    fn slot(&self, le: u64) -> Arc<Slot> {
-        self.slots.read()[le as usize].clone()
+    /// Stores checksums of `data` written at `offset_bytes` in extent `le`
+    /// (redundant layouts) and marks their chunks for the next commit.
+    fn record_checksums(&self, slot: &Slot, le: u64, offset_bytes: u64, data: &[u8]) {
+        if !self.checksummed {
+            return;
+        }
+        let block = IO_ALIGN as u64;
+        let first = (offset_bytes / block) as usize;
+        let mut checksums = slot.checksums.lock();
+        for (i, chunk) in data.chunks(IO_ALIGN).enumerate() {
+            checksums[first + i] = block_checksum(chunk);
+        }
+        drop(checksums);
+        let chunk_bytes = self.geometry.chunk_bytes;
+        let mut dirty = self.dirty.lock();
+        let end = offset_bytes + data.len() as u64;
+        for chunk in offset_bytes / chunk_bytes..end.div_ceil(chunk_bytes) {
+            dirty.checksum_chunks.insert((le, chunk as u8));
+        }
     }
 
     /// A placement for a new extent, from the reservation or the VG.
@@ -282,11 +426,15 @@ impl Inner {
     }
 
     async fn refresh(&self) -> BlockResult<()> {
+        // One at a time: two would both append the new slots.
+        let _one = self.refreshing.lock().await;
+        let requested = Instant::now();
         let record = self
             .map
             .renew(self.token)
             .await
             .map_err(|e| meta_error(&self.name, e))?;
+        *self.lease_deadline.lock() = requested + self.lease_duration;
         let known = self.slots.read().len() as u64;
         let extents = record.size_bytes / self.geometry.extent_bytes;
         if extents <= known {
@@ -305,8 +453,7 @@ impl Inner {
             .collect();
         for (le, entry) in entries {
             if let Some(slot) = le.checked_sub(known).and_then(|i| added.get(i as usize)) {
-                *slot.placement.try_write().expect("not shared yet") = Some(entry.placement);
-                slot.written.store(entry.written, Ordering::Relaxed);
+                install(slot, entry, &self.geometry, self.checksummed);
             }
         }
         self.slots.write().extend(added);
@@ -318,6 +465,26 @@ impl Inner {
             extents * self.geometry.extent_bytes
         );
         Ok(())
+    }
+}
+
+/// Fills a fresh slot (not shared yet) from its durable map entry.
+fn install(slot: &Slot, entry: ExtentEntry, geometry: &Geometry, checksummed: bool) {
+    *slot.placement.try_write().expect("not shared yet") = Some(entry.placement);
+    slot.bits.lock().written = entry.written;
+    if checksummed {
+        *slot.checksums.lock() = vec![0; geometry.blocks_per_extent()];
+    }
+}
+
+/// The checksum records of one chunk, for a commit.
+fn chunk_checksums(slot: &Slot, le: u64, chunk: u8, geometry: &Geometry) -> ChunkChecksums {
+    let per_chunk = geometry.blocks_per_chunk();
+    let start = chunk as usize * per_chunk;
+    ChunkChecksums {
+        le,
+        chunk,
+        values: slot.checksums.lock()[start..start + per_chunk].to_vec(),
     }
 }
 

@@ -57,6 +57,7 @@ pub struct CreateLv {
     pub name: String,
     pub size_bytes: u64,
     pub thin: bool,
+    pub layout: metadata::Layout,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -54,7 +54,7 @@ async fn status(State(server): Shared) -> Response {
 }
 
 async fn reports(State(server): Shared) -> Response {
-    reply(Ok(server.reports()))
+    reply(Ok(server.reports().await))
 }
 
 async fn pvcreate(State(server): Shared, Json(request): Json<CreatePv>) -> Response {

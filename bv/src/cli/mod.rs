@@ -2,6 +2,7 @@
 //! LVM's success line on stdout, or one error line on stderr; the exit code
 //! is 0, or 5 when anything failed (LVM's ECMD_FAILED).
 
+mod layout;
 mod report;
 
 use std::path::{Path, PathBuf};
@@ -301,6 +302,7 @@ fn lvcreate_request(args: &LvcreateArgs) -> Result<CreateLv, String> {
         name: args.name.clone(),
         size_bytes: parse_size(size, MIB)?,
         thin,
+        layout: layout::layout_from(args)?,
     })
 }
 

@@ -25,7 +25,7 @@ impl Server {
 
     pub async fn create_vg(&self, request: CreateVg) -> Result<VgRecord, ApiError> {
         let _turn = self.manage.lock().await;
-        self.require_online(&request.pvs)?;
+        self.require_online(&request.pvs).await?;
         let extent_bytes = request.extent_bytes.unwrap_or(DEFAULT_EXTENT_BYTES);
         self.metadata(move |s| s.create_vg(&request.name, &request.pvs, extent_bytes))
             .await
@@ -33,7 +33,7 @@ impl Server {
 
     pub async fn extend_vg(&self, request: ChangeVg) -> Result<VgRecord, ApiError> {
         let _turn = self.manage.lock().await;
-        self.require_online(&request.pvs)?;
+        self.require_online(&request.pvs).await?;
         self.metadata(move |s| s.extend_vg(&request.name, &request.pvs))
             .await
     }
@@ -44,39 +44,35 @@ impl Server {
             .await
     }
 
-    /// Removes a VG; with `force`, its LVs first. Refused up front, with
-    /// nothing removed, if any of them is open.
+    /// Removes a VG; with `force`, its LVs too (one atomic batch, refused
+    /// as a whole if any LV is open).
     pub async fn remove_vg(&self, request: RemoveVg) -> Result<VgRecord, ApiError> {
         let _turn = self.manage.lock().await;
-        let lvs: Vec<_> = self
-            .service
-            .lv_reports()
-            .into_iter()
-            .filter(|lv| lv.vg_name == request.name)
-            .collect();
         if request.force {
-            if let Some(open) = lvs.iter().find(|lv| lv.open_by.is_some()) {
+            let open = self.reports().await.lvs.into_iter().find(|lv| {
+                lv.report.vg_name == request.name && self.volumes.is_open(&lv_name(&lv.report))
+            });
+            if let Some(lv) = open {
                 return Err(ApiError::new(
                     "busy",
-                    format!(
-                        "logical volume \"{}/{}\" is in use",
-                        request.name, open.record.name
-                    ),
+                    format!("logical volume \"{}\" is in use", lv_name(&lv.report)),
                 ));
             }
-            for lv in lvs {
-                let vg = request.name.clone();
-                self.metadata(move |s| s.remove_lv(&vg, &lv.record.name))
-                    .await?;
-            }
         }
-        self.metadata(move |s| s.remove_vg(&request.name)).await
+        self.metadata(move |s| s.remove_vg(&request.name, request.force))
+            .await
     }
 
     pub async fn create_lv(&self, request: CreateLv) -> Result<LvRecord, ApiError> {
         let _turn = self.manage.lock().await;
         self.metadata(move |s| {
-            s.create_lv(&request.vg, &request.name, request.size_bytes, request.thin)
+            s.create_lv(
+                &request.vg,
+                &request.name,
+                request.size_bytes,
+                request.thin,
+                request.layout,
+            )
         })
         .await
     }
@@ -99,34 +95,49 @@ impl Server {
         let grown = self
             .metadata(move |s| s.extend_lv(&vg, &name, size_bytes))
             .await?;
-        self.volumes
-            .refresh(&format!("{}/{}", request.vg, request.name))
-            .await?;
+        // The extension is committed; an open LV that cannot pick it up now
+        // does at its next lease renewal.
+        let full = format!("{}/{}", request.vg, request.name);
+        if let Err(e) = self.volumes.refresh(&full).await {
+            tracing::warn!("{full} grew, but the open volume has not seen it yet: {e}");
+        }
         Ok(grown)
     }
 
     pub async fn remove_lv(&self, request: LvName) -> Result<LvRecord, ApiError> {
         let _turn = self.manage.lock().await;
+        let full = format!("{}/{}", request.vg, request.name);
+        if self.volumes.is_open(&full) {
+            return Err(ApiError::new(
+                "busy",
+                format!("logical volume \"{full}\" is in use"),
+            ));
+        }
         self.metadata(move |s| s.remove_lv(&request.vg, &request.name))
             .await
     }
 
-    pub fn reports(&self) -> Reports {
+    pub async fn reports(&self) -> Reports {
+        let service = self.service.clone();
+        let (vgs, lvs) =
+            tokio::task::spawn_blocking(move || (service.vg_reports(), service.lv_reports()))
+                .await
+                .unwrap_or_default();
         Reports {
-            pvs: self.pv_statuses(),
-            vgs: self.service.vg_reports(),
-            lvs: self
-                .service
-                .lv_reports()
+            pvs: self.pv_statuses().await,
+            vgs,
+            lvs: lvs
                 .into_iter()
                 .map(|report| LvStatus {
-                    export_uri: format!(
-                        "nbd://{}/{}/{}",
-                        self.nbd_address, report.vg_name, report.record.name
-                    ),
+                    export_uri: format!("nbd://{}/{}", self.nbd_address, lv_name(&report)),
                     report,
                 })
                 .collect(),
         }
     }
+}
+
+/// `vg/lv`.
+fn lv_name(lv: &metadata::LvReport) -> String {
+    format!("{}/{}", lv.vg_name, lv.record.name)
 }

@@ -88,10 +88,23 @@ pub async fn run(data_dir: PathBuf, socket: PathBuf, args: ServeArgs) -> anyhow:
         direct_io: args.direct_io == "on",
         read_only: false,
     };
-    if !(args.commit_interval > 0.0 && args.commit_interval <= 3600.0) {
-        bail!("--commit-interval must be between 0 and 3600 seconds");
+    // Commits must come well inside a lease (which renews every third of
+    // its duration).
+    let commit_max = metadata::service::DEFAULT_LEASE.as_secs_f64() / 3.0;
+    if !(args.commit_interval > 0.0 && args.commit_interval <= commit_max) {
+        bail!("--commit-interval must be more than 0 and at most {commit_max} seconds");
     }
     let pvs = PvSet::default();
+    let failures = service.clone();
+    pvs.on_failure(move |pv, reason| {
+        // Recorded durably off the I/O path; a restart remembers it.
+        let (service, reason) = (failures.clone(), reason.to_string());
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = service.set_pv_failed(pv, &reason) {
+                tracing::error!("recording the failure of PV id {pv}: {e}");
+            }
+        });
+    });
     let volumes = VolumeRegistry::new(
         service.clone(),
         Arc::new(LocalMapService::new(service.clone())),

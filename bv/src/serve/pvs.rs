@@ -10,7 +10,7 @@ use blockvirt::label::{read_label, wipe_label, write_label, PvLabel};
 use blockvirt::leaf::FileDevice;
 use blockvirt::volume::PvHandle;
 use blockvirt::{BlockDevice, Checked, IoBufMut, WriteFlags, IO_ALIGN};
-use metadata::model::PV_DATA_OFFSET_BYTES;
+use metadata::model::pv_data_offset;
 use metadata::{PvRecord, PvReport};
 use uuid::Uuid;
 
@@ -67,6 +67,7 @@ impl Server {
                 device: Arc::new(Checked::new(device)),
                 data_offset_bytes: record.data_offset_bytes,
             },
+            record.failed.is_some(),
         );
         Ok(())
     }
@@ -138,7 +139,7 @@ impl Server {
         let label = PvLabel {
             uuid: Uuid::new_v4(),
             size_bytes,
-            data_offset_bytes: PV_DATA_OFFSET_BYTES,
+            data_offset_bytes: pv_data_offset(size_bytes),
         };
         write_label(&device, &label).await?;
         match self.service.create_pv(path, label.uuid, size_bytes) {
@@ -149,6 +150,7 @@ impl Server {
                         device: Arc::new(Checked::new(device)),
                         data_offset_bytes: record.data_offset_bytes,
                     },
+                    false,
                 );
                 self.pv_states.lock().insert(record.id, PvState::Online);
                 Ok(record)
@@ -207,16 +209,21 @@ impl Server {
         }
     }
 
-    pub fn pv_statuses(&self) -> Vec<PvStatus> {
+    pub async fn pv_statuses(&self) -> Vec<PvStatus> {
+        let service = self.service.clone();
+        let reports = tokio::task::spawn_blocking(move || service.pv_reports())
+            .await
+            .unwrap_or_default();
         let states = self.pv_states.lock();
-        self.service
-            .pv_reports()
+        reports
             .into_iter()
             .map(|report: PvReport| {
-                let (state, problem) = match states.get(&report.record.id) {
-                    Some(PvState::Online) => ("online", None),
-                    Some(PvState::Missing(why)) => ("missing", Some(why.clone())),
-                    None => ("missing", Some("not opened".to_string())),
+                let (state, problem) = match (&report.record.failed, states.get(&report.record.id))
+                {
+                    (Some(why), _) => ("failed", Some(why.clone())),
+                    (None, Some(PvState::Online)) => ("online", None),
+                    (None, Some(PvState::Missing(why))) => ("missing", Some(why.clone())),
+                    (None, None) => ("missing", Some("not opened".to_string())),
                 };
                 PvStatus {
                     report,
@@ -228,8 +235,8 @@ impl Server {
     }
 
     /// Refuses to build on PVs the server could not open.
-    pub fn require_online(&self, paths: &[std::path::PathBuf]) -> Result<(), ApiError> {
-        for status in self.pv_statuses() {
+    pub async fn require_online(&self, paths: &[std::path::PathBuf]) -> Result<(), ApiError> {
+        for status in self.pv_statuses().await {
             if paths.contains(&status.report.record.path) && status.state != "online" {
                 return Err(ApiError::new(
                     "busy",

@@ -8,9 +8,10 @@ use uuid::Uuid;
 
 use super::{extents_for, unreserve, LvState, Service, State};
 use crate::error::{MetaError, MetaResult};
+use crate::layout::Layout;
 use crate::model::{
-    encode, id_key, pair_key, validate_name, ExtentEntry, Layout, LvRecord, Placement, PvRecord,
-    VgRecord, MAX_EXTENT_BYTES, MIN_EXTENT_BYTES, PV_DATA_OFFSET_BYTES,
+    encode, id_key, pair_key, pv_data_offset, validate_name, ExtentEntry, FaultPolicy, LvRecord,
+    Placement, PvId, PvRecord, VgRecord, MAX_EXTENT_BYTES, MIN_EXTENT_BYTES,
 };
 use crate::store::{Change, Table};
 
@@ -24,11 +25,12 @@ impl Service {
                 path.display()
             )));
         }
-        if size_bytes < PV_DATA_OFFSET_BYTES + MIN_EXTENT_BYTES {
+        let data_offset_bytes = pv_data_offset(size_bytes);
+        if size_bytes < data_offset_bytes + MIN_EXTENT_BYTES {
             return Err(MetaError::InvalidArgument(format!(
                 "\"{}\" is too small for a physical volume ({size_bytes} bytes; at least {} needed)",
                 path.display(),
-                PV_DATA_OFFSET_BYTES + MIN_EXTENT_BYTES
+                data_offset_bytes + MIN_EXTENT_BYTES
             )));
         }
         let pv = PvRecord {
@@ -36,9 +38,10 @@ impl Service {
             uuid,
             path: path.to_path_buf(),
             size_bytes,
-            data_offset_bytes: PV_DATA_OFFSET_BYTES,
+            data_offset_bytes,
             vg: None,
             pe_count: 0,
+            failed: None,
         };
         let result = self.store.write(vec![
             Change::Put(Table::Pvs, id_key(pv.id), encode(&pv)),
@@ -100,6 +103,7 @@ impl Service {
             uuid: Uuid::new_v4(),
             name: name.to_string(),
             extent_bytes,
+            fault_policy: FaultPolicy::default(),
         };
         let joining = joining_pvs(&st, pv_paths, &vg)?;
         st.next_id += 1;
@@ -187,14 +191,29 @@ impl Service {
         Ok(vg)
     }
 
-    pub fn remove_vg(&self, name: &str) -> MetaResult<VgRecord> {
+    /// Removes a VG; with `force`, its LVs too, in the same batch (refused
+    /// as a whole if any of them is open).
+    pub fn remove_vg(&self, name: &str, force: bool) -> MetaResult<VgRecord> {
         let mut st = self.state.lock();
         let vg = st.vg_by_name(name)?.clone();
-        let lv_count = st.lvs.values().filter(|lv| lv.record.vg == vg.id).count();
-        if lv_count > 0 {
+        let lvs: Vec<LvRecord> = st
+            .lvs
+            .values()
+            .map(|s| s.record.clone())
+            .filter(|lv| lv.vg == vg.id)
+            .collect();
+        if !lvs.is_empty() && !force {
             return Err(MetaError::Busy(format!(
-                "volume group \"{name}\" still contains {lv_count} logical volume(s); remove them first"
+                "volume group \"{name}\" still contains {} logical volume(s); remove them first",
+                lvs.len()
             )));
+        }
+        let mut changes = vec![Change::Delete(Table::Vgs, id_key(vg.id))];
+        let mut removals = Vec::new();
+        for lv in &lvs {
+            let removal = self.lv_removal(&st, lv, name)?;
+            changes.extend(removal.changes.iter().cloned());
+            removals.push(removal);
         }
         let freed: Vec<PvRecord> = st
             .pvs
@@ -206,15 +225,18 @@ impl Service {
                 ..pv.clone()
             })
             .collect();
-        let mut changes = vec![Change::Delete(Table::Vgs, id_key(vg.id))];
         changes.extend(
             freed
                 .iter()
                 .map(|pv| Change::Put(Table::Pvs, id_key(pv.id), encode(pv))),
         );
         self.store.write(changes)?;
+        for (lv, removal) in lvs.iter().zip(removals) {
+            forget_lv(&mut st, lv, removal);
+        }
         for pv in freed {
             st.alloc.remove_pv(pv.id);
+            st.legs_on_pv.remove(&pv.id);
             st.pvs.insert(pv.id, pv);
         }
         st.vgs.remove(&vg.id);
@@ -229,6 +251,7 @@ impl Service {
         name: &str,
         size_bytes: u64,
         thin: bool,
+        layout: Layout,
     ) -> MetaResult<LvRecord> {
         validate_name("logical volume", name)?;
         let mut st = self.state.lock();
@@ -247,15 +270,25 @@ impl Service {
                 "logical volume size must be greater than zero".into(),
             ));
         }
-        let extents = extents_for(size_bytes, vg.extent_bytes);
+        layout.validate(vg.extent_bytes)?;
+        let usable = st.allocatable_pvs(vg.id).len();
+        if usable < layout.legs() {
+            return Err(MetaError::InvalidArgument(format!(
+                "{} needs {} physical volumes for each extent, but volume group \"{vg_name}\" has {usable} usable",
+                layout.describe(),
+                layout.legs()
+            )));
+        }
+        let le_bytes = layout.extent_bytes(vg.extent_bytes);
+        let extents = extents_for(size_bytes, le_bytes);
         let lv = LvRecord {
             id: st.next_id,
             uuid: Uuid::new_v4(),
             vg: vg.id,
             name: name.to_string(),
-            size_bytes: extents * vg.extent_bytes,
+            size_bytes: extents * le_bytes,
             thin,
-            layout: Layout::Linear,
+            layout,
             epoch: 0,
         };
         let placements = if thin {
@@ -273,6 +306,9 @@ impl Service {
             st.next_id -= 1;
             free_all(&mut st, &placements);
             return Err(e);
+        }
+        for (le, placement) in placements.iter().enumerate() {
+            st.index_placement(lv.id, le as u64, placement);
         }
         st.lvs.insert(
             lv.id,
@@ -295,8 +331,9 @@ impl Service {
         let mut st = self.state.lock();
         let vg = st.vg_by_name(vg_name)?.clone();
         let lv = st.lv_by_name(vg_name, name)?.record.clone();
-        let old_extents = extents_for(lv.size_bytes, vg.extent_bytes);
-        let new_extents = extents_for(new_size_bytes, vg.extent_bytes);
+        let le_bytes = st.le_bytes(&lv);
+        let old_extents = extents_for(lv.size_bytes, le_bytes);
+        let new_extents = extents_for(new_size_bytes, le_bytes);
         if new_extents <= old_extents {
             return Err(MetaError::InvalidArgument(format!(
                 "new size ({new_size_bytes} bytes, {new_extents} extents) is not larger than the current size ({} bytes)",
@@ -309,7 +346,7 @@ impl Service {
             allocate_all(&mut st, &vg, lv.layout, new_extents - old_extents, vg_name)?
         };
         let grown = LvRecord {
-            size_bytes: new_extents * vg.extent_bytes,
+            size_bytes: new_extents * le_bytes,
             ..lv
         };
         let mut changes = vec![Change::Put(Table::Lvs, id_key(grown.id), encode(&grown))];
@@ -317,6 +354,9 @@ impl Service {
         if let Err(e) = self.store.write(changes) {
             free_all(&mut st, &placements);
             return Err(e);
+        }
+        for (i, placement) in placements.iter().enumerate() {
+            st.index_placement(grown.id, old_extents + i as u64, placement);
         }
         let state = st.lvs.get_mut(&grown.id).expect("LV exists");
         state.record = grown.clone();
@@ -328,30 +368,135 @@ impl Service {
     pub fn remove_lv(&self, vg_name: &str, name: &str) -> MetaResult<LvRecord> {
         let mut st = self.state.lock();
         let lv = st.lv_by_name(vg_name, name)?.record.clone();
+        let removal = self.lv_removal(&st, &lv, vg_name)?;
+        self.store.write(removal.changes.clone())?;
+        forget_lv(&mut st, &lv, removal);
+        Ok(lv)
+    }
+
+    /// What removing `lv` takes: refused while a lease is held.
+    fn lv_removal(&self, st: &State, lv: &LvRecord, vg_name: &str) -> MetaResult<LvRemoval> {
         if let Some(lease) = st.live_lease(lv.id) {
             return Err(MetaError::Busy(format!(
-                "logical volume \"{vg_name}/{name}\" is in use by {}",
-                lease.holder
+                "logical volume \"{vg_name}/{}\" is in use by {}",
+                lv.name, lease.holder
             )));
         }
-        let extents = self.store.scan_prefix(Table::Extents, &id_key(lv.id))?;
         let reserved = st.reservations_of(lv.id);
         let mut changes = vec![Change::Delete(Table::Lvs, id_key(lv.id))];
         let mut mapped = Vec::new();
-        for (key, value) in extents {
+        for (key, value) in self.store.scan_prefix(Table::Extents, &id_key(lv.id))? {
+            let (_, le) = crate::model::split_pair_key(&key)?;
             let entry: ExtentEntry = crate::model::decode(&value, "extent entry")?;
-            mapped.extend(entry.placement);
+            mapped.push((le, entry.placement));
             changes.push(Change::Delete(Table::Extents, key));
         }
-        changes.extend(reserved.iter().map(unreserve));
-        self.store.write(changes)?;
-        st.return_reservations(&reserved);
-        for addr in mapped {
-            st.alloc.free(addr);
+        for (key, _) in self.store.scan_prefix(Table::Checksums, &id_key(lv.id))? {
+            changes.push(Change::Delete(Table::Checksums, key));
         }
-        st.lvs.remove(&lv.id);
-        st.leases.remove(&lv.id);
-        Ok(lv)
+        changes.extend(reserved.iter().map(unreserve));
+        Ok(LvRemoval {
+            changes,
+            mapped,
+            reserved,
+        })
+    }
+
+    /// Marks a PV failed, durably: nothing new is allocated on it and the
+    /// LVs with extents on it report degraded. Idempotent.
+    pub fn set_pv_failed(&self, pv: PvId, reason: &str) -> MetaResult<()> {
+        let mut st = self.state.lock();
+        let record = st
+            .pvs
+            .get(&pv)
+            .ok_or_else(|| MetaError::NotFound(format!("physical volume id {pv} not found")))?;
+        if record.failed.is_some() {
+            return Ok(());
+        }
+        let failed = PvRecord {
+            failed: Some(reason.to_string()),
+            ..record.clone()
+        };
+        self.store
+            .write(vec![Change::Put(Table::Pvs, id_key(pv), encode(&failed))])?;
+        tracing::warn!("PV {} failed: {reason}", failed.path.display());
+        st.pvs.insert(pv, failed);
+        Ok(())
+    }
+
+    /// Sets what happens when a PV of the VG fails.
+    pub fn set_fault_policy(&self, vg_name: &str, policy: FaultPolicy) -> MetaResult<VgRecord> {
+        let mut st = self.state.lock();
+        let vg = VgRecord {
+            fault_policy: policy,
+            ..st.vg_by_name(vg_name)?.clone()
+        };
+        self.store
+            .write(vec![Change::Put(Table::Vgs, id_key(vg.id), encode(&vg))])?;
+        st.vgs.insert(vg.id, vg.clone());
+        Ok(vg)
+    }
+
+    /// Drops failed PVs from a VG (`vgreduce --removemissing`). Refused
+    /// while any extent still has a leg on one of them.
+    pub fn remove_missing(&self, vg_name: &str) -> MetaResult<Vec<PvRecord>> {
+        let mut st = self.state.lock();
+        let vg = st.vg_by_name(vg_name)?.clone();
+        let failed: Vec<PvRecord> = st
+            .pvs
+            .values()
+            .filter(|pv| pv.vg == Some(vg.id) && pv.failed.is_some())
+            .cloned()
+            .collect();
+        for pv in &failed {
+            let users = st.legs_on_pv.get(&pv.id).map_or(0, |set| set.len());
+            if users > 0 || st.reservations.keys().any(|a| a.pv == pv.id) {
+                return Err(MetaError::Busy(format!(
+                    "failed physical volume \"{}\" still holds {users} extent legs; run lvconvert --repair on its logical volumes first",
+                    pv.path.display()
+                )));
+            }
+        }
+        let removed: Vec<PvRecord> = failed
+            .into_iter()
+            .map(|pv| PvRecord {
+                vg: None,
+                pe_count: 0,
+                ..pv
+            })
+            .collect();
+        if !removed.is_empty() {
+            self.store.write(
+                removed
+                    .iter()
+                    .map(|pv| Change::Put(Table::Pvs, id_key(pv.id), encode(pv)))
+                    .collect(),
+            )?;
+        }
+        for pv in &removed {
+            st.alloc.remove_pv(pv.id);
+            st.legs_on_pv.remove(&pv.id);
+            st.pvs.insert(pv.id, pv.clone());
+        }
+        Ok(removed)
+    }
+
+    /// The LVs (vg name, lv name) with a leg on `pv`.
+    pub fn lvs_on_pv(&self, pv: PvId) -> Vec<(String, String)> {
+        let st = self.state.lock();
+        let mut lvs: Vec<(String, String)> = st
+            .legs_on_pv
+            .get(&pv)
+            .into_iter()
+            .flatten()
+            .map(|(lv, _)| *lv)
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .filter_map(|lv| st.lvs.get(&lv))
+            .map(|lv| (st.vgs[&lv.record.vg].name.clone(), lv.record.name.clone()))
+            .collect();
+        lvs.dedup();
+        lvs
     }
 
     /// The LV and its VG, by name.
@@ -365,6 +510,26 @@ impl Service {
     pub fn pv_records(&self) -> Vec<PvRecord> {
         self.state.lock().pvs.values().cloned().collect()
     }
+}
+
+/// The store changes and in-memory effects of removing one LV.
+struct LvRemoval {
+    changes: Vec<Change>,
+    mapped: Vec<(u64, Placement)>,
+    reserved: Vec<crate::model::PeAddr>,
+}
+
+/// Applies a durable LV removal to memory.
+fn forget_lv(st: &mut State, lv: &LvRecord, removal: LvRemoval) {
+    st.return_reservations(&removal.reserved);
+    for (le, placement) in removal.mapped {
+        st.unindex_placement(lv.id, le, &placement);
+        for addr in placement {
+            st.alloc.free(addr);
+        }
+    }
+    st.lvs.remove(&lv.id);
+    st.leases.remove(&lv.id);
 }
 
 /// Checks that every path is a PV outside any VG, and returns the records
@@ -418,7 +583,7 @@ fn allocate_all(
     extents: u64,
     vg_name: &str,
 ) -> MetaResult<Vec<Placement>> {
-    let pvs = st.vg_pvs(vg.id);
+    let pvs = st.allocatable_pvs(vg.id);
     let placeable = st.alloc.placeable(&pvs, layout.legs());
     if placeable < extents {
         return Err(MetaError::NoSpace(format!(

@@ -8,16 +8,19 @@
 //! - a newly mapped PE must come from the committing LV's reservations, so a
 //!   holder can never map another LV's extent into its own.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use super::{extents_for, unreserve, Lease, Service, State};
 use crate::error::{MetaError, MetaResult};
-use crate::lease::{LeaseGrant, LeaseToken, MapChange};
+use crate::lease::{CommitBatch, LeaseGrant, LeaseToken};
 use crate::model::{
-    decode, encode, id_key, pair_key, split_pair_key, ExtentEntry, LvId, LvRecord, PeAddr,
-    Placement,
+    checksum_key, decode, encode, id_key, pair_key, split_pair_key, ChunkChecksums, ExtentEntry,
+    LvId, LvRecord, PeAddr, Placement, PvId, CHUNKS_PER_EXTENT,
 };
+
+/// The I/O block, the unit of a checksum.
+const BLOCK_BYTES: u64 = 4096;
 use crate::store::{Change, Table};
 
 impl Service {
@@ -31,6 +34,9 @@ impl Service {
                 lease.holder
             )));
         }
+        // Everything that can fail comes before the grant takes effect.
+        let map = self.read_extents(lv.id, 0)?;
+        let checksums = self.read_checksums(lv.id)?;
         // A new epoch fences any earlier holder; its reservations come back.
         let orphaned = st.reservations_of(lv.id);
         let granted = LvRecord {
@@ -54,14 +60,6 @@ impl Service {
                 expires: Instant::now() + self.lease_duration,
             },
         );
-        let mut map = Vec::new();
-        for (key, value) in self
-            .store
-            .scan_prefix(Table::Extents, &id_key(granted.id))?
-        {
-            let (_, le) = split_pair_key(&key)?;
-            map.push((le, decode(&value, "extent entry")?));
-        }
         Ok(LeaseGrant {
             token: LeaseToken {
                 lv: granted.id,
@@ -70,8 +68,25 @@ impl Service {
             lv: granted,
             vg,
             map,
+            checksums,
             duration: self.lease_duration,
         })
+    }
+
+    fn read_checksums(&self, lv: LvId) -> MetaResult<Vec<ChunkChecksums>> {
+        let mut checksums = Vec::new();
+        for (key, value) in self.store.scan_prefix(Table::Checksums, &id_key(lv))? {
+            let (_, le) = split_pair_key(&key[..16.min(key.len())])?;
+            let chunk = *key
+                .get(16)
+                .ok_or_else(|| MetaError::Corrupt("checksum key without a chunk".into()))?;
+            checksums.push(ChunkChecksums {
+                le,
+                chunk,
+                values: decode(&value, "checksums")?,
+            });
+        }
+        Ok(checksums)
     }
 
     pub fn extents(&self, token: LeaseToken, first_le: u64) -> MetaResult<Vec<(u64, ExtentEntry)>> {
@@ -102,7 +117,7 @@ impl Service {
         let mut st = self.state.lock();
         check_lease(&st, token)?;
         let lv = st.lvs[&token.lv].record.clone();
-        let pvs = st.vg_pvs(lv.vg);
+        let pvs = st.allocatable_pvs(lv.vg);
         // Reservations are speculative; as the VG fills, grant fewer so one
         // holder's spares cannot starve another LV: at most 1/16 of what is
         // left, and always at least one.
@@ -131,22 +146,55 @@ impl Service {
         Ok(placements)
     }
 
-    pub fn commit(&self, token: LeaseToken, changes: Vec<MapChange>) -> MetaResult<()> {
+    /// Reserves one PE on an allocatable PV of the LV's VG outside
+    /// `exclude` (a replacement leg).
+    pub fn reserve_pe(&self, token: LeaseToken, exclude: &[PvId]) -> MetaResult<Option<PeAddr>> {
         let mut st = self.state.lock();
         check_lease(&st, token)?;
         let lv = st.lvs[&token.lv].record.clone();
-        let extent_bytes = st.vgs[&lv.vg].extent_bytes;
-        let extents = extents_for(lv.size_bytes, extent_bytes);
-        let mut batch = Vec::new();
+        let candidates: Vec<PvId> = st
+            .allocatable_pvs(lv.vg)
+            .into_iter()
+            .filter(|pv| !exclude.contains(pv))
+            .collect();
+        let Some(placement) = st.alloc.allocate(&candidates, 1) else {
+            return Ok(None);
+        };
+        let addr = placement[0];
+        let change = Change::Put(
+            Table::Reservations,
+            pair_key(addr.pv, addr.pe),
+            encode(&lv.id),
+        );
+        if let Err(e) = self.store.write(vec![change]) {
+            st.alloc.free(addr);
+            return Err(e);
+        }
+        st.reservations.insert(addr, lv.id);
+        Ok(Some(addr))
+    }
+
+    pub fn commit(&self, token: LeaseToken, batch: impl Into<CommitBatch>) -> MetaResult<()> {
+        let batch = batch.into();
+        let mut st = self.state.lock();
+        check_lease(&st, token)?;
+        let lv = st.lvs[&token.lv].record.clone();
+        let le_bytes = st.le_bytes(&lv);
+        let extents = extents_for(lv.size_bytes, le_bytes);
+        let invalid =
+            |why: String| MetaError::InvalidArgument(format!("commit for LV id {}: {why}", lv.id));
+        let mut changes = Vec::new();
         let mut claimed: BTreeSet<PeAddr> = BTreeSet::new();
         let mut freed: Vec<PeAddr> = Vec::new();
+        // (le, placement before, placement after) for the leg index.
+        let mut moved: Vec<(u64, Vec<PeAddr>, Vec<PeAddr>)> = Vec::new();
         let mut mapped_delta: i64 = 0;
-        let mut seen = BTreeSet::new();
-        for change in changes {
-            if change.le >= extents || !seen.insert(change.le) {
-                return Err(MetaError::InvalidArgument(format!(
-                    "commit for LV id {}: extent {} is out of range or repeated",
-                    lv.id, change.le
+        let mut mapped_after: BTreeMap<u64, bool> = BTreeMap::new();
+        for change in batch.extents {
+            if change.le >= extents || mapped_after.contains_key(&change.le) {
+                return Err(invalid(format!(
+                    "extent {} is out of range or repeated",
+                    change.le
                 )));
             }
             let key = pair_key(lv.id, change.le);
@@ -158,28 +206,32 @@ impl Service {
                 .as_ref()
                 .map(|e| e.placement.clone())
                 .unwrap_or_default();
+            mapped_after.insert(change.le, change.entry.is_some());
             match &change.entry {
                 None if !lv.thin => {
-                    return Err(MetaError::InvalidArgument(format!(
-                        "commit for LV id {}: extents of a thick LV cannot be unmapped",
-                        lv.id
-                    )))
+                    return Err(invalid("extents of a thick LV cannot be unmapped".into()))
                 }
                 None => {
-                    freed.extend(&old_pes);
                     if old.is_some() {
                         mapped_delta -= 1;
-                        batch.push(Change::Delete(Table::Extents, key));
+                        changes.push(Change::Delete(Table::Extents, key));
+                        for (key, _) in self
+                            .store
+                            .scan_prefix(Table::Checksums, &pair_key(lv.id, change.le))?
+                        {
+                            changes.push(Change::Delete(Table::Checksums, key));
+                        }
                     }
+                    freed.extend(&old_pes);
+                    moved.push((change.le, old_pes, Vec::new()));
                 }
                 Some(entry) => {
                     let distinct: BTreeSet<u64> = entry.placement.iter().map(|a| a.pv).collect();
                     if entry.placement.len() != lv.layout.legs()
                         || distinct.len() != entry.placement.len()
                     {
-                        return Err(MetaError::InvalidArgument(format!(
-                            "commit for LV id {}: extent {} needs {} PEs on distinct PVs",
-                            lv.id,
+                        return Err(invalid(format!(
+                            "extent {} needs {} PEs on distinct PVs",
                             change.le,
                             lv.layout.legs()
                         )));
@@ -189,30 +241,71 @@ impl Service {
                             continue;
                         }
                         if st.reservations.get(addr) != Some(&lv.id) || !claimed.insert(*addr) {
-                            return Err(MetaError::InvalidArgument(format!(
-                                "commit for LV id {}: PE {} of PV id {} was not reserved for it",
-                                lv.id, addr.pe, addr.pv
+                            return Err(invalid(format!(
+                                "PE {} of PV id {} was not reserved for it",
+                                addr.pe, addr.pv
                             )));
                         }
-                        batch.push(unreserve(addr));
+                        changes.push(unreserve(addr));
                     }
                     freed.extend(old_pes.iter().filter(|a| !entry.placement.contains(a)));
                     if old.is_none() {
                         mapped_delta += 1;
                     }
-                    batch.push(Change::Put(Table::Extents, key, encode(entry)));
+                    changes.push(Change::Put(Table::Extents, key, encode(entry)));
+                    moved.push((change.le, old_pes, entry.placement.clone()));
                 }
             }
         }
-        if batch.is_empty() {
+        let blocks_per_chunk = (le_bytes / CHUNKS_PER_EXTENT / BLOCK_BYTES) as usize;
+        for sums in batch.checksums {
+            let mapped = match mapped_after.get(&sums.le) {
+                Some(mapped) => *mapped,
+                None => {
+                    sums.le < extents
+                        && self
+                            .store
+                            .get(Table::Extents, &pair_key(lv.id, sums.le))?
+                            .is_some()
+                }
+            };
+            if !mapped
+                || u64::from(sums.chunk) >= CHUNKS_PER_EXTENT
+                || sums.values.len() != blocks_per_chunk
+            {
+                return Err(invalid(format!(
+                    "checksums for chunk {} of extent {} do not fit a mapped extent",
+                    sums.chunk, sums.le
+                )));
+            }
+            changes.push(Change::Put(
+                Table::Checksums,
+                checksum_key(lv.id, sums.le, sums.chunk),
+                encode(&sums.values),
+            ));
+        }
+        let returned: Vec<PeAddr> = batch
+            .returned
+            .into_iter()
+            .filter(|a| st.reservations.get(a) == Some(&lv.id) && !claimed.contains(a))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        changes.extend(returned.iter().map(unreserve));
+        if changes.is_empty() {
             return Ok(());
         }
-        self.store.write(batch)?;
+        self.store.write(changes)?;
+        st.return_reservations(&returned);
         for addr in claimed {
             st.reservations.remove(&addr);
         }
         for addr in freed {
             st.alloc.free(addr);
+        }
+        for (le, before, after) in moved {
+            st.unindex_placement(lv.id, le, &before);
+            st.index_placement(lv.id, le, &after);
         }
         let state = st.lvs.get_mut(&lv.id).expect("LV exists");
         state.mapped_extents = state
@@ -222,13 +315,15 @@ impl Service {
         Ok(())
     }
 
-    pub fn release(&self, token: LeaseToken, unused: Vec<Placement>) -> MetaResult<()> {
+    pub fn release(&self, token: LeaseToken, unused: Vec<PeAddr>) -> MetaResult<()> {
         let mut st = self.state.lock();
         check_lease(&st, token)?;
+        // A set: a PE named twice is returned once.
         let returned: Vec<PeAddr> = unused
             .into_iter()
-            .flatten()
             .filter(|a| st.reservations.get(a) == Some(&token.lv))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
             .collect();
         if !returned.is_empty() {
             self.store.write(returned.iter().map(unreserve).collect())?;

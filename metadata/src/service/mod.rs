@@ -24,7 +24,7 @@ mod control;
 mod data;
 mod report;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -71,6 +71,9 @@ struct State {
     /// PEs handed to a lease holder and not yet mapped, by owning LV.
     reservations: BTreeMap<PeAddr, LvId>,
     leases: HashMap<LvId, Lease>,
+    /// Which logical extents have a leg on each PV (for health reports,
+    /// repair and pvmove).
+    legs_on_pv: HashMap<PvId, BTreeSet<(LvId, u64)>>,
 }
 
 impl Service {
@@ -151,6 +154,7 @@ fn load(store: &dyn KvStore) -> MetaResult<State> {
             )));
         };
         lv_state.mapped_extents += 1;
+        state.index_placement(lv, le, &entry.placement);
         for addr in entry.placement {
             if !state.alloc.mark_used(addr) {
                 return Err(MetaError::Corrupt(format!(
@@ -208,6 +212,34 @@ impl State {
             .filter(|pv| pv.vg == Some(vg))
             .map(|pv| pv.id)
             .collect()
+    }
+
+    /// The VG's PVs that new extents may go to (not failed).
+    fn allocatable_pvs(&self, vg: VgId) -> Vec<PvId> {
+        self.pvs
+            .values()
+            .filter(|pv| pv.vg == Some(vg) && pv.failed.is_none())
+            .map(|pv| pv.id)
+            .collect()
+    }
+
+    /// User bytes of one logical extent of `lv`.
+    fn le_bytes(&self, lv: &LvRecord) -> u64 {
+        lv.layout.extent_bytes(self.vgs[&lv.vg].extent_bytes)
+    }
+
+    fn index_placement(&mut self, lv: LvId, le: u64, placement: &[PeAddr]) {
+        for addr in placement {
+            self.legs_on_pv.entry(addr.pv).or_default().insert((lv, le));
+        }
+    }
+
+    fn unindex_placement(&mut self, lv: LvId, le: u64, placement: &[PeAddr]) {
+        for addr in placement {
+            if let Some(set) = self.legs_on_pv.get_mut(&addr.pv) {
+                set.remove(&(lv, le));
+            }
+        }
     }
 
     fn live_lease(&self, lv: LvId) -> Option<&Lease> {

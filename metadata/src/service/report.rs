@@ -3,7 +3,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::{extents_for, Service};
-use crate::model::{Layout, LvRecord, PvRecord, VgRecord};
+use crate::layout::Layout;
+use crate::model::{LvRecord, PvRecord, VgRecord};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PvReport {
@@ -45,11 +46,16 @@ impl VgReport {
 pub struct LvReport {
     pub record: LvRecord,
     pub vg_name: String,
+    /// User bytes per logical extent (PE size × data legs).
     pub extent_bytes: u64,
     pub extent_count: u64,
     pub mapped_extents: u64,
     /// A data server holds the lease (the LV is open).
     pub open_by: Option<String>,
+    /// Extents with at least one leg on a failed PV (redundancy reduced).
+    pub degraded_extents: u64,
+    /// Extents with more failed legs than the layout tolerates (data lost).
+    pub lost_extents: u64,
 }
 
 impl LvReport {
@@ -60,6 +66,18 @@ impl LvReport {
 
     pub fn layout(&self) -> Layout {
         self.record.layout
+    }
+
+    /// LVM's `lv_health_status`: "" when healthy, "partial" when data is
+    /// lost, "degraded" when redundancy is reduced.
+    pub fn health(&self) -> &'static str {
+        if self.lost_extents > 0 {
+            "partial"
+        } else if self.degraded_extents > 0 {
+            "degraded"
+        } else {
+            ""
+        }
     }
 }
 
@@ -106,7 +124,12 @@ impl Service {
                     pv_count: pvs.len(),
                     lv_count: lvs.len(),
                     pe_count: pvs.iter().map(|pv| st.alloc.pe_count(*pv)).sum(),
-                    pe_free: pvs.iter().map(|pv| st.alloc.free_pes(*pv)).sum(),
+                    // Free space on failed PVs cannot be used.
+                    pe_free: st
+                        .allocatable_pvs(vg.id)
+                        .iter()
+                        .map(|pv| st.alloc.free_pes(*pv))
+                        .sum(),
                     lv_size_bytes: lvs.iter().map(|lv| lv.size_bytes).sum(),
                 }
             })
@@ -115,6 +138,13 @@ impl Service {
 
     pub fn lv_reports(&self) -> Vec<LvReport> {
         let st = self.state.lock();
+        // Failed legs per extent.
+        let mut failed_legs: std::collections::HashMap<(u64, u64), usize> = Default::default();
+        for pv in st.pvs.values().filter(|pv| pv.failed.is_some()) {
+            for key in st.legs_on_pv.get(&pv.id).into_iter().flatten() {
+                *failed_legs.entry(*key).or_default() += 1;
+            }
+        }
         st.lvs
             .values()
             .map(|lv| {
@@ -122,10 +152,20 @@ impl Service {
                 LvReport {
                     record: lv.record.clone(),
                     vg_name: vg.name.clone(),
-                    extent_bytes: vg.extent_bytes,
-                    extent_count: extents_for(lv.record.size_bytes, vg.extent_bytes),
+                    extent_bytes: st.le_bytes(&lv.record),
+                    extent_count: extents_for(lv.record.size_bytes, st.le_bytes(&lv.record)),
                     mapped_extents: lv.mapped_extents,
                     open_by: st.live_lease(lv.record.id).map(|l| l.holder.clone()),
+                    degraded_extents: failed_legs
+                        .iter()
+                        .filter(|((id, _), _)| *id == lv.record.id)
+                        .count() as u64,
+                    lost_extents: failed_legs
+                        .iter()
+                        .filter(|((id, _), n)| {
+                            *id == lv.record.id && **n > lv.record.layout.tolerance()
+                        })
+                        .count() as u64,
                 }
             })
             .collect()

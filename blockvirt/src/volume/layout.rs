@@ -1,0 +1,279 @@
+//! How a placed extent's bytes lie on its legs: the interface between the
+//! volume and the redundancy implementations.
+//!
+//! ```text
+//!  ThinVolume ── Redundancy::read/write(legs, offset in extent) ──▶ legs
+//!                (Linear here; raid0/1/5/10 and ec in the `raid` crate)
+//! ```
+//!
+//! The volume decides *which* extent and *which* bytes (thin map, chunk
+//! bits, checksums); a `Redundancy` decides how those bytes are spread over
+//! the extent's legs, how they are rebuilt when a leg is lost, and how a
+//! block that fails its checksum is recovered from the other copies.
+//!
+//! Offsets given to a `Redundancy` are bytes within the extent's user data
+//! (`0..extent_bytes()`), multiples of 4 KiB.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use metadata::{Layout, PvId};
+
+use super::pvs::PvSet;
+use crate::buf::{IoBuf, IoBufMut};
+use crate::device::{BlockDevice, BufResult, ByteRange, WriteFlags, ZeroFlags};
+use crate::error::{BlockError, BlockResult, ErrorKind};
+
+/// One leg of a placed extent: a PE, and its device when the PV is online.
+#[derive(Debug, Clone)]
+pub struct Leg {
+    pub pv: PvId,
+    /// `None` when the PV has failed or is missing.
+    pub device: Option<Arc<dyn BlockDevice>>,
+    /// Where the PE starts on the device.
+    pub base_bytes: u64,
+}
+
+/// The legs of one placed extent, resolved against the open PVs.
+#[derive(Debug, Clone)]
+pub struct Legs {
+    pub legs: Vec<Leg>,
+    pvs: PvSet,
+}
+
+impl Legs {
+    pub fn new(legs: Vec<Leg>, pvs: PvSet) -> Legs {
+        Legs { legs, pvs }
+    }
+
+    /// Leg `i`'s device, or an I/O error if its PV is not usable.
+    pub fn device(&self, i: usize) -> BlockResult<(&Arc<dyn BlockDevice>, u64)> {
+        let leg = &self.legs[i];
+        match &leg.device {
+            Some(device) => Ok((device, leg.base_bytes)),
+            None => Err(BlockError::new(
+                ErrorKind::Io,
+                format!("PV id {} has failed", leg.pv),
+            )),
+        }
+    }
+
+    pub fn is_online(&self, i: usize) -> bool {
+        self.legs[i].device.is_some()
+    }
+
+    /// Marks leg `i`'s PV failed (an I/O error from it), so every extent
+    /// stops using it and the failure is recorded.
+    pub fn fail(&self, i: usize, err: &BlockError) {
+        self.pvs.fail(self.legs[i].pv, &err.to_string());
+    }
+}
+
+/// Verifies blocks against the checksums the volume keeps.
+pub trait BlockCheck: Send + Sync {
+    /// Whether `block` (4 KiB, at `offset_bytes` in the extent) is what
+    /// was last written there.
+    fn matches(&self, offset_bytes: u64, block: &[u8]) -> bool;
+}
+
+/// What a verified read had to do.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReadReport {
+    /// Blocks (extent offsets) whose copies all agree but not with the
+    /// checksum: written before a crash without their checksum being
+    /// committed. The volume adopts their current content.
+    pub adopted: Vec<u64>,
+    /// Bad copies found (and rewritten when allowed).
+    pub mismatches: u64,
+}
+
+/// What a scrub of a range found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ScrubReport {
+    pub blocks_checked: u64,
+    /// Copies or parity that disagreed with the checksums or each other.
+    pub mismatches: u64,
+    pub repaired: u64,
+    /// Blocks no copy could vouch for.
+    pub unrecoverable: u64,
+}
+
+/// One layout's I/O over the legs of a placed extent.
+#[async_trait]
+pub trait Redundancy: Send + Sync + std::fmt::Debug {
+    fn layout(&self) -> Layout;
+
+    /// User bytes one placed extent holds.
+    fn extent_bytes(&self) -> u64;
+
+    /// Reads user bytes at `offset_bytes`. With `check`, every block is
+    /// verified and a bad copy is recovered from the others (repairing it
+    /// when `repair` is set, which needs the extent to itself).
+    async fn read(
+        &self,
+        legs: &Legs,
+        offset_bytes: u64,
+        buf: IoBufMut,
+        check: Option<&dyn BlockCheck>,
+        repair: bool,
+    ) -> (BlockResult<ReadReport>, IoBufMut);
+
+    async fn write(
+        &self,
+        legs: &Legs,
+        offset_bytes: u64,
+        data: IoBuf,
+        flags: WriteFlags,
+    ) -> BlockResult<()>;
+
+    /// Writes real zeroes over the range on every leg.
+    async fn write_zeroes(&self, legs: &Legs, offset_bytes: u64, len_bytes: u64)
+        -> BlockResult<()>;
+
+    /// The range is no longer needed: give its space back on every leg.
+    async fn release(&self, legs: &Legs, offset_bytes: u64, len_bytes: u64) -> BlockResult<()>;
+
+    /// What leg `leg` should hold at PE offset `pe_offset_bytes`, rebuilt
+    /// from the other legs (for repair and pvmove).
+    async fn rebuild_leg(
+        &self,
+        legs: &Legs,
+        leg: usize,
+        pe_offset_bytes: u64,
+        buf: IoBufMut,
+    ) -> BufResult<IoBufMut>;
+
+    /// Verifies every copy of the range (and parity), repairing bad ones
+    /// when `repair` is set. Needs the extent to itself.
+    async fn scrub(
+        &self,
+        legs: &Legs,
+        offset_bytes: u64,
+        len_bytes: u64,
+        check: &dyn BlockCheck,
+        repair: bool,
+    ) -> BlockResult<ScrubReport>;
+
+    /// Before placements are freed or replaced, everything that could still
+    /// write to them after a restart (a stripe journal) is retired.
+    async fn barrier(&self) -> BlockResult<()>;
+}
+
+/// Builds the `Redundancy` for an LV's layout.
+pub trait Layouts: Send + Sync + 'static {
+    fn build(&self, layout: Layout, pe_bytes: u64) -> BlockResult<Arc<dyn Redundancy>>;
+}
+
+/// Only the layouts this crate implements (linear).
+#[derive(Debug, Default)]
+pub struct LinearOnly;
+
+impl Layouts for LinearOnly {
+    fn build(&self, layout: Layout, pe_bytes: u64) -> BlockResult<Arc<dyn Redundancy>> {
+        match layout {
+            Layout::Linear => Ok(Arc::new(Linear { pe_bytes })),
+            other => Err(BlockError::new(
+                ErrorKind::Unsupported,
+                format!("layout {} is not available here", other.describe()),
+            )),
+        }
+    }
+}
+
+/// One leg holding the extent's bytes as they are.
+#[derive(Debug)]
+pub struct Linear {
+    pe_bytes: u64,
+}
+
+#[async_trait]
+impl Redundancy for Linear {
+    fn layout(&self) -> Layout {
+        Layout::Linear
+    }
+
+    fn extent_bytes(&self) -> u64 {
+        self.pe_bytes
+    }
+
+    async fn read(
+        &self,
+        legs: &Legs,
+        offset_bytes: u64,
+        buf: IoBufMut,
+        _check: Option<&dyn BlockCheck>,
+        _repair: bool,
+    ) -> (BlockResult<ReadReport>, IoBufMut) {
+        let (device, base) = match legs.device(0) {
+            Ok(leg) => leg,
+            Err(e) => return (Err(e), buf),
+        };
+        let (result, buf) = device.read_at(base + offset_bytes, buf).await;
+        (result.map(|()| ReadReport::default()), buf)
+    }
+
+    async fn write(
+        &self,
+        legs: &Legs,
+        offset_bytes: u64,
+        data: IoBuf,
+        flags: WriteFlags,
+    ) -> BlockResult<()> {
+        let (device, base) = legs.device(0)?;
+        device.write_at(base + offset_bytes, data, flags).await.0
+    }
+
+    async fn write_zeroes(
+        &self,
+        legs: &Legs,
+        offset_bytes: u64,
+        len_bytes: u64,
+    ) -> BlockResult<()> {
+        let (device, base) = legs.device(0)?;
+        device
+            .write_zeroes(
+                ByteRange::new(base + offset_bytes, len_bytes),
+                ZeroFlags::NO_HOLE,
+            )
+            .await
+    }
+
+    async fn release(&self, legs: &Legs, offset_bytes: u64, len_bytes: u64) -> BlockResult<()> {
+        let (device, base) = legs.device(0)?;
+        device
+            .discard(ByteRange::new(base + offset_bytes, len_bytes))
+            .await
+    }
+
+    async fn rebuild_leg(
+        &self,
+        legs: &Legs,
+        _leg: usize,
+        pe_offset_bytes: u64,
+        buf: IoBufMut,
+    ) -> BufResult<IoBufMut> {
+        // No redundancy: the only source is the leg itself (pvmove).
+        match legs.device(0) {
+            Ok((device, base)) => device.read_at(base + pe_offset_bytes, buf).await,
+            Err(e) => (Err(e), buf),
+        }
+    }
+
+    async fn scrub(
+        &self,
+        _legs: &Legs,
+        _offset_bytes: u64,
+        _len_bytes: u64,
+        _check: &dyn BlockCheck,
+        _repair: bool,
+    ) -> BlockResult<ScrubReport> {
+        Err(BlockError::new(
+            ErrorKind::Unsupported,
+            "a linear LV has no redundancy to scrub",
+        ))
+    }
+
+    async fn barrier(&self) -> BlockResult<()> {
+        Ok(())
+    }
+}
