@@ -5,7 +5,7 @@
 //! as the seed decides; the same seed decides the same way again.
 
 use blockvirt::testing::{
-    run_seeds, CrashOutcome, CrashReport, OpKind, SimCounters, SimDisk, SimFaults,
+    run_seeds, CrashOutcome, CrashReport, OpKind, SimCounters, SimDisk, SimFaults, SEED_ENV,
 };
 use blockvirt::{BlockDevice, ByteRange, ErrorKind, IoBuf, IoBufMut, WriteFlags, ZeroFlags};
 use rand::rngs::SmallRng;
@@ -136,6 +136,9 @@ fn unflushed_writes_persist_whole_torn_or_not_as_the_seed_decides() {
             seen[2] += report.count(|o| *o == CrashOutcome::Lost);
         })
     });
+    if std::env::var_os(SEED_ENV).is_some() {
+        return; // one replayed seed says nothing about the odds
+    }
     // 800 ops at odds of a third each.
     for (count, what) in seen.iter().zip(["whole", "torn", "lost"]) {
         assert!((200..=340).contains(count), "{what}: {count} of 800");
