@@ -9,6 +9,9 @@
 //!        │ BlockDevice (Checked)
 //!  leaf::FileDevice        io_uring or threads; O_DIRECT; punch-hole discard
 //! ```
+//!
+//! For fault injection, `leaf::Faulty` wraps a live PV (modes set at run
+//! time) and `testing::SimDisk` stands in for one in seeded simulation tests.
 
 pub mod buf;
 pub mod checked;
