@@ -1,2 +1,17 @@
 //! Blockvirt's redundancy core: stripe geometry, erasure codecs and block
-//! checksums. Pure functions and pure data; no I/O.
+//! checksums. Pure functions and pure data, no I/O: the redundancy layer
+//! that drives legs builds on these, and they are tested here exhaustively.
+//!
+//! - [`layout`]: the layouts (linear, raid0/1/10, raid5, ec K+M) and their
+//!   validation.
+//! - [`geometry`]: where each user byte of a placed extent lives, and what
+//!   each leg byte holds.
+
+pub mod geometry;
+pub mod layout;
+
+pub use geometry::{
+    LegContent, LegPiece, LegPieces, ParityGeometry, RowSpan, RowSpans, Span, Spans,
+    StripeGeometry, StripedGeometry,
+};
+pub use layout::{GeometryError, Layout};
