@@ -1,0 +1,23 @@
+//! Blockvirt's redundancy core: stripe geometry, erasure codecs and block
+//! checksums. Pure functions and pure data, no I/O: the redundancy layer
+//! that drives legs builds on these, and they are tested here exhaustively.
+//!
+//! - [`layout`]: the layouts (linear, raid0/1/10, raid5, ec K+M) and their
+//!   validation.
+//! - [`geometry`]: where each user byte of a placed extent lives, and what
+//!   each leg byte holds.
+//! - [`codec`]: XOR and Reed-Solomon parity: encode, reconstruct, update.
+//! - [`checksum`]: the per-block checksum that detects silent corruption.
+
+pub mod checksum;
+pub mod codec;
+pub mod geometry;
+pub mod layout;
+
+pub use checksum::{block_checksum, CHECKSUM_BLOCK_BYTES};
+pub use codec::{codec_for, CodecError, ErasureCodec, ReedSolomon, Xor};
+pub use geometry::{
+    LegContent, LegPiece, LegPieces, ParityGeometry, RowSpan, RowSpans, Span, Spans,
+    StripeGeometry, StripedGeometry,
+};
+pub use layout::{GeometryError, Layout};
