@@ -143,13 +143,13 @@ pub struct LvcreateArgs {
     pub kind: Option<String>,
     /// Data stripes (raid0, raid5, raid10).
     #[arg(short = 'i', long = "stripes")]
-    pub stripes: Option<u32>,
+    pub stripes: Option<usize>,
     /// Stripe size (default unit KiB; default 64 KiB).
     #[arg(short = 'I', long = "stripesize")]
     pub stripe_size: Option<String>,
     /// Extra copies (raid1: -m 1 keeps two copies).
     #[arg(short = 'm', long = "mirrors")]
-    pub mirrors: Option<u32>,
+    pub mirrors: Option<usize>,
     /// Erasure coding: K data + M parity shards, e.g. 4+2.
     #[arg(long = "ec")]
     pub ec: Option<String>,

@@ -29,3 +29,10 @@ pub enum MetaError {
 }
 
 pub type MetaResult<T> = Result<T, MetaError>;
+
+/// A layout that does not fit is the caller's mistake.
+impl From<crate::layout::GeometryError> for MetaError {
+    fn from(err: crate::layout::GeometryError) -> Self {
+        MetaError::InvalidArgument(err.to_string())
+    }
+}

@@ -1,98 +1,251 @@
-//! How an LV's logical extents lie on PVs: linear, striped, mirrored,
-//! parity, erasure coded.
+//! The redundancy layouts an extent can have, with LVM's names, and the
+//! checks that make a layout valid for a given PE size.
 //!
 //! A logical extent maps to a *placed extent*: `legs()` PEs on distinct
-//! PVs. It holds `data_legs() × pe_bytes` user bytes, so a striped or
-//! parity LV allocates in groups of PEs, as LVM does for striped LVs. The
-//! metadata service only needs the leg counts (for placement) and the
-//! validation. The byte-level math lives in the `raid` crate.
+//! PVs holding `data_legs() × pe_bytes` user bytes, so a striped or parity
+//! LV allocates in groups of PEs, as LVM does for striped LVs. The metadata
+//! keeps the layout with each LV; the byte-level math (`raid::geometry`)
+//! takes it as its input. Validation lives here so that every error a user
+//! can cause (`lvcreate --type raid5 -i 1`, a stripe size of 3 KiB) has one
+//! wording.
+//!
+//! There is no RAID 0+1 (a stripe set mirrored as a whole): `Raid10` gives
+//! the same capacity and the same speed, and survives strictly more
+//! failure sets. With N stripes and 2 copies, raid10 loses data only when
+//! both legs of one mirror pair fail; 0+1 loses it as soon as one leg fails
+//! on each side, whichever stripes they hold. LVM has no raid01 type either.
 
 use serde::{Deserialize, Serialize};
-
-use crate::error::{MetaError, MetaResult};
+use thiserror::Error;
 
 /// LVM's default stripe size.
-pub const DEFAULT_UNIT_BYTES: u32 = 64 << 10;
-/// The smallest stripe unit: one I/O block.
-pub const MIN_UNIT_BYTES: u32 = 4 << 10;
-/// Most legs one placed extent may have.
-pub const MAX_LEGS: u32 = 32;
+pub const DEFAULT_UNIT_BYTES: u64 = 64 * 1024;
+/// The smallest stripe unit: one logical block.
+pub const MIN_UNIT_BYTES: u64 = 4096;
+/// The PE sizes a VG may have (`vgcreate -s`).
+pub const MIN_PE_BYTES: u64 = 256 * 1024;
+pub const MAX_PE_BYTES: u64 = 64 * 1024 * 1024;
+/// Legs of one placed extent. 64 lets a set of legs be one `u64` bitmask.
+pub const MAX_LEGS: usize = 64;
 
+/// How one extent's user bytes are spread over its legs (PEs on distinct
+/// PVs). Counts are what LVM's options say: `-i` stripes, `-m` + 1 copies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Layout {
-    /// One PE per extent.
+    /// One leg.
     Linear,
-    /// Striped over `stripes` PEs, no redundancy.
-    Raid0 { stripes: u32, unit_bytes: u32 },
-    /// `copies` identical PEs.
-    Raid1 { copies: u32 },
-    /// `stripes` data PEs and one rotating parity PE.
-    Raid5 { stripes: u32, unit_bytes: u32 },
-    /// Striped over `stripes` mirror groups of `copies` PEs each.
+    /// `stripes` legs; user bytes go round them one unit at a time.
+    Raid0 { stripes: usize, unit_bytes: u64 },
+    /// `copies` legs, each a full copy (`lvcreate -m copies-1`).
+    Raid1 { copies: usize },
+    /// raid0 over `stripes` mirror groups of `copies` legs each.
     Raid10 {
-        stripes: u32,
-        copies: u32,
-        unit_bytes: u32,
+        stripes: usize,
+        copies: usize,
+        unit_bytes: u64,
     },
-    /// `data` data PEs and `parity` Reed-Solomon parity PEs, rotating.
+    /// `stripes` data shards and one XOR parity shard per row, rotating.
+    Raid5 { stripes: usize, unit_bytes: u64 },
+    /// `data` data shards and `parity` Reed-Solomon parity shards per row.
     Erasure {
-        data: u32,
-        parity: u32,
-        unit_bytes: u32,
+        data: usize,
+        parity: usize,
+        unit_bytes: u64,
     },
 }
 
 impl Layout {
-    /// PEs per placed extent, each on a distinct PV.
-    pub fn legs(&self) -> usize {
-        (match *self {
-            Layout::Linear => 1,
-            Layout::Raid0 { stripes, .. } => stripes,
-            Layout::Raid1 { copies } => copies,
-            Layout::Raid5 { stripes, .. } => stripes + 1,
-            Layout::Raid10 {
-                stripes, copies, ..
-            } => stripes * copies,
-            Layout::Erasure { data, parity, .. } => data + parity,
-        }) as usize
-    }
-
-    /// PEs' worth of user data per placed extent.
-    pub fn data_legs(&self) -> usize {
-        (match *self {
-            Layout::Linear | Layout::Raid1 { .. } => 1,
-            Layout::Raid0 { stripes, .. }
-            | Layout::Raid5 { stripes, .. }
-            | Layout::Raid10 { stripes, .. } => stripes,
-            Layout::Erasure { data, .. } => data,
-        }) as usize
-    }
-
-    /// Legs of one placed extent that may fail without losing data (for
-    /// raid10: per mirror group).
-    pub fn tolerance(&self) -> usize {
-        (match *self {
-            Layout::Linear | Layout::Raid0 { .. } => 0,
-            Layout::Raid1 { copies } | Layout::Raid10 { copies, .. } => copies - 1,
-            Layout::Raid5 { .. } => 1,
-            Layout::Erasure { parity, .. } => parity,
-        }) as usize
-    }
-
-    pub fn is_redundant(&self) -> bool {
-        self.tolerance() > 0
-    }
-
-    /// LVM's segment type name.
+    /// LVM's type name (`ec` for erasure coding, which LVM lacks).
     pub fn name(&self) -> &'static str {
         match self {
             Layout::Linear => "linear",
             Layout::Raid0 { .. } => "raid0",
             Layout::Raid1 { .. } => "raid1",
-            Layout::Raid5 { .. } => "raid5",
             Layout::Raid10 { .. } => "raid10",
+            Layout::Raid5 { .. } => "raid5",
             Layout::Erasure { .. } => "ec",
         }
+    }
+
+    /// PEs per placed extent. Saturates instead of overflowing so that
+    /// validation can report absurd counts.
+    pub fn legs(&self) -> usize {
+        match *self {
+            Layout::Linear => 1,
+            Layout::Raid0 { stripes, .. } => stripes,
+            Layout::Raid1 { copies } => copies,
+            Layout::Raid10 {
+                stripes, copies, ..
+            } => stripes.saturating_mul(copies),
+            Layout::Raid5 { stripes, .. } => stripes.saturating_add(1),
+            Layout::Erasure { data, parity, .. } => data.saturating_add(parity),
+        }
+    }
+
+    /// The stripe unit, for the layouts that stripe.
+    pub fn unit_bytes(&self) -> Option<u64> {
+        match *self {
+            Layout::Linear | Layout::Raid1 { .. } => None,
+            Layout::Raid0 { unit_bytes, .. }
+            | Layout::Raid10 { unit_bytes, .. }
+            | Layout::Raid5 { unit_bytes, .. }
+            | Layout::Erasure { unit_bytes, .. } => Some(unit_bytes),
+        }
+    }
+
+    /// Checks the layout against a PE size with the production limits.
+    pub fn validate(&self, pe_bytes: u64) -> Result<(), GeometryError> {
+        self.validate_within(pe_bytes, &Limits::PRODUCTION)
+    }
+
+    pub fn validate_within(&self, pe_bytes: u64, limits: &Limits) -> Result<(), GeometryError> {
+        if !pe_bytes.is_power_of_two()
+            || pe_bytes < limits.min_pe_bytes
+            || pe_bytes > limits.max_pe_bytes
+        {
+            return Err(GeometryError::PeSize {
+                pe_bytes,
+                min: limits.min_pe_bytes,
+                max: limits.max_pe_bytes,
+            });
+        }
+        let name = self.name();
+        let at_least = |what: &'static str, min: usize, got: usize| {
+            if got < min {
+                Err(GeometryError::TooFew {
+                    layout: name,
+                    what,
+                    min,
+                    got,
+                })
+            } else {
+                Ok(())
+            }
+        };
+        match *self {
+            Layout::Linear => {}
+            // One stripe is linear, one copy is linear: refusing them keeps
+            // one spelling per placement.
+            Layout::Raid0 { stripes, .. } => at_least("stripes", 2, stripes)?,
+            Layout::Raid1 { copies } => at_least("copies", 2, copies)?,
+            Layout::Raid10 {
+                stripes, copies, ..
+            } => {
+                at_least("stripes", 2, stripes)?;
+                at_least("copies", 2, copies)?;
+            }
+            Layout::Raid5 { stripes, .. } => at_least("stripes", 2, stripes)?,
+            // ec:1+M is raid1 with M+1 copies.
+            Layout::Erasure { data, parity, .. } => {
+                at_least("data shards", 2, data)?;
+                at_least("parity shard", 1, parity)?;
+            }
+        }
+        let legs = self.legs();
+        if legs > MAX_LEGS {
+            return Err(GeometryError::TooManyLegs {
+                layout: name,
+                legs,
+                max: MAX_LEGS,
+            });
+        }
+        if let Some(unit_bytes) = self.unit_bytes() {
+            if !unit_bytes.is_power_of_two() {
+                return Err(GeometryError::UnitNotPowerOfTwo { unit_bytes });
+            }
+            if unit_bytes < limits.min_unit_bytes {
+                return Err(GeometryError::UnitTooSmall {
+                    unit_bytes,
+                    min: limits.min_unit_bytes,
+                });
+            }
+            // Both are powers of two, so a unit no larger than the PE
+            // divides it: a PE holds a whole number of rows.
+            if unit_bytes > pe_bytes {
+                return Err(GeometryError::UnitLargerThanPe {
+                    unit_bytes,
+                    pe_bytes,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The bounds validation applies. Production uses [`Limits::PRODUCTION`];
+/// the exhaustive tests shrink units and PEs to a few bytes, where every
+/// byte of an extent can be checked, because the arithmetic does not
+/// depend on magnitude.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub min_unit_bytes: u64,
+    pub min_pe_bytes: u64,
+    pub max_pe_bytes: u64,
+}
+
+impl Limits {
+    pub const PRODUCTION: Limits = Limits {
+        min_unit_bytes: MIN_UNIT_BYTES,
+        min_pe_bytes: MIN_PE_BYTES,
+        max_pe_bytes: MAX_PE_BYTES,
+    };
+}
+
+/// Why a layout cannot be used with a PE size.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum GeometryError {
+    #[error("{layout} needs at least {min} {what}, got {got}")]
+    TooFew {
+        layout: &'static str,
+        what: &'static str,
+        min: usize,
+        got: usize,
+    },
+    #[error("{layout} with {legs} legs exceeds the maximum of {max} legs")]
+    TooManyLegs {
+        layout: &'static str,
+        legs: usize,
+        max: usize,
+    },
+    #[error("stripe unit of {unit_bytes} bytes is not a power of two")]
+    UnitNotPowerOfTwo { unit_bytes: u64 },
+    #[error("stripe unit of {unit_bytes} bytes is smaller than the minimum of {min} bytes")]
+    UnitTooSmall { unit_bytes: u64, min: u64 },
+    #[error(
+        "stripe unit of {unit_bytes} bytes is larger than the extent size of {pe_bytes} bytes"
+    )]
+    UnitLargerThanPe { unit_bytes: u64, pe_bytes: u64 },
+    #[error("extent size of {pe_bytes} bytes is not a power of two between {min} and {max} bytes")]
+    PeSize { pe_bytes: u64, min: u64, max: u64 },
+}
+
+impl Layout {
+    /// PEs' worth of user data per placed extent.
+    pub fn data_legs(&self) -> usize {
+        match *self {
+            Layout::Linear | Layout::Raid1 { .. } => 1,
+            Layout::Raid0 { stripes, .. }
+            | Layout::Raid5 { stripes, .. }
+            | Layout::Raid10 { stripes, .. } => stripes,
+            Layout::Erasure { data, .. } => data,
+        }
+    }
+
+    /// Legs of one placed extent that may fail, whichever they are, without
+    /// losing data (raid10 survives more when failures hit different
+    /// mirror groups).
+    pub fn tolerance(&self) -> usize {
+        match *self {
+            Layout::Linear | Layout::Raid0 { .. } => 0,
+            Layout::Raid1 { copies } | Layout::Raid10 { copies, .. } => copies - 1,
+            Layout::Raid5 { .. } => 1,
+            Layout::Erasure { parity, .. } => parity,
+        }
+    }
+
+    pub fn is_redundant(&self) -> bool {
+        self.tolerance() > 0
     }
 
     /// A short human description: "raid5 3+1", "ec 4+2", "raid1 x2".
@@ -109,67 +262,9 @@ impl Layout {
         }
     }
 
-    pub fn unit_bytes(&self) -> Option<u32> {
-        match *self {
-            Layout::Linear | Layout::Raid1 { .. } => None,
-            Layout::Raid0 { unit_bytes, .. }
-            | Layout::Raid5 { unit_bytes, .. }
-            | Layout::Raid10 { unit_bytes, .. }
-            | Layout::Erasure { unit_bytes, .. } => Some(unit_bytes),
-        }
-    }
-
     /// User bytes of one placed extent on PEs of `pe_bytes`.
     pub fn extent_bytes(&self, pe_bytes: u64) -> u64 {
         self.data_legs() as u64 * pe_bytes
-    }
-
-    /// Checks the parameters against each other and the VG's PE size.
-    pub fn validate(&self, pe_bytes: u64) -> MetaResult<()> {
-        let invalid = |why: String| Err(MetaError::InvalidArgument(why));
-        let at_least = |what: &str, value: u32, min: u32| {
-            if value < min {
-                Err(MetaError::InvalidArgument(format!(
-                    "{} needs at least {min} {what} (got {value})",
-                    self.name()
-                )))
-            } else {
-                Ok(())
-            }
-        };
-        match *self {
-            Layout::Linear => {}
-            Layout::Raid0 { stripes, .. } => at_least("stripes", stripes, 2)?,
-            Layout::Raid1 { copies } => at_least("copies", copies, 2)?,
-            Layout::Raid5 { stripes, .. } => at_least("stripes", stripes, 2)?,
-            Layout::Raid10 {
-                stripes, copies, ..
-            } => {
-                at_least("stripes", stripes, 2)?;
-                at_least("copies", copies, 2)?;
-            }
-            Layout::Erasure { data, parity, .. } => {
-                at_least("data shards", data, 2)?;
-                at_least("parity shards", parity, 1)?;
-            }
-        }
-        if self.legs() > MAX_LEGS as usize {
-            return invalid(format!(
-                "{} has {} legs; at most {MAX_LEGS}",
-                self.describe(),
-                self.legs()
-            ));
-        }
-        if let Some(unit) = self.unit_bytes() {
-            if !unit.is_power_of_two() || unit < MIN_UNIT_BYTES || u64::from(unit) > pe_bytes {
-                return invalid(format!(
-                    "stripe size {unit} must be a power of two between {} KiB and the extent size ({} KiB)",
-                    MIN_UNIT_BYTES >> 10,
-                    pe_bytes >> 10
-                ));
-            }
-        }
-        Ok(())
     }
 }
 
@@ -181,12 +276,13 @@ mod tests {
 
     #[test]
     fn leg_counts_and_tolerance() {
+        let unit_bytes = DEFAULT_UNIT_BYTES;
         let cases = [
             (Layout::Linear, 1, 1, 0),
             (
                 Layout::Raid0 {
                     stripes: 3,
-                    unit_bytes: DEFAULT_UNIT_BYTES,
+                    unit_bytes,
                 },
                 3,
                 3,
@@ -196,7 +292,7 @@ mod tests {
             (
                 Layout::Raid5 {
                     stripes: 3,
-                    unit_bytes: DEFAULT_UNIT_BYTES,
+                    unit_bytes,
                 },
                 4,
                 3,
@@ -206,7 +302,7 @@ mod tests {
                 Layout::Raid10 {
                     stripes: 2,
                     copies: 2,
-                    unit_bytes: DEFAULT_UNIT_BYTES,
+                    unit_bytes,
                 },
                 4,
                 2,
@@ -216,7 +312,7 @@ mod tests {
                 Layout::Erasure {
                     data: 4,
                     parity: 2,
-                    unit_bytes: DEFAULT_UNIT_BYTES,
+                    unit_bytes,
                 },
                 6,
                 4,
@@ -231,50 +327,6 @@ mod tests {
                 "{layout:?}"
             );
             assert_eq!(layout.extent_bytes(PE), data as u64 * PE);
-        }
-    }
-
-    #[test]
-    fn bad_parameters_are_refused() {
-        for layout in [
-            Layout::Raid0 {
-                stripes: 1,
-                unit_bytes: DEFAULT_UNIT_BYTES,
-            },
-            Layout::Raid1 { copies: 1 },
-            Layout::Raid5 {
-                stripes: 1,
-                unit_bytes: DEFAULT_UNIT_BYTES,
-            },
-            Layout::Raid10 {
-                stripes: 2,
-                copies: 1,
-                unit_bytes: DEFAULT_UNIT_BYTES,
-            },
-            Layout::Erasure {
-                data: 4,
-                parity: 0,
-                unit_bytes: DEFAULT_UNIT_BYTES,
-            },
-            Layout::Raid5 {
-                stripes: 3,
-                unit_bytes: 3000,
-            },
-            Layout::Raid5 {
-                stripes: 3,
-                unit_bytes: 2048,
-            },
-            Layout::Raid5 {
-                stripes: 3,
-                unit_bytes: 8 << 20,
-            },
-            Layout::Erasure {
-                data: 30,
-                parity: 3,
-                unit_bytes: DEFAULT_UNIT_BYTES,
-            },
-        ] {
-            assert!(layout.validate(PE).is_err(), "{layout:?} accepted");
         }
     }
 }

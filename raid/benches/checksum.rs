@@ -1,10 +1,10 @@
-//! Block checksum throughput: CRC-32C (the choice, `raid::block_checksum`)
+//! Block checksum throughput: CRC-32C (the choice, `blockvirt::volume::block_checksum`)
 //! against BLAKE3, per 4 KiB block, over 4 KiB and 64 KiB of blocks, and
 //! BLAKE3 over a whole 64 KiB buffer (its best case: wide SIMD over many
 //! 1 KiB chunks at once).
 
+use blockvirt::volume::{block_checksum, CHECKSUM_BLOCK_BYTES};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use raid::{block_checksum, CHECKSUM_BLOCK_BYTES};
 use std::hint::black_box;
 
 fn checksums(c: &mut Criterion) {

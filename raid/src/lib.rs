@@ -7,14 +7,11 @@
 //! - [`geometry`]: where each user byte of a placed extent lives, and what
 //!   each leg byte holds.
 //! - [`codec`]: XOR and Reed-Solomon parity: encode, reconstruct, update.
-//! - [`checksum`]: the per-block checksum that detects silent corruption.
 
-pub mod checksum;
 pub mod codec;
 pub mod geometry;
 pub mod layout;
 
-pub use checksum::{block_checksum, CHECKSUM_BLOCK_BYTES};
 pub use codec::{codec_for, CodecError, ErasureCodec, ReedSolomon, Xor};
 pub use geometry::{
     LegContent, LegPiece, LegPieces, ParityGeometry, RowSpan, RowSpans, Span, Spans,

@@ -61,7 +61,7 @@ use crate::device::{
     BlockDevice, BufResult, ByteRange, Caps, DeviceInfo, StatusExtent, WriteFlags, ZeroFlags,
 };
 use crate::error::{BlockError, BlockResult, ErrorKind};
-pub use checksum::block_checksum;
+pub use checksum::{block_checksum, CHECKSUM_BLOCK_BYTES};
 use commit::{Committer, Dirty};
 pub use geometry::Geometry;
 pub use layout::{

@@ -16,8 +16,7 @@ use crate::size::parse_size;
 pub fn layout_from(args: &LvcreateArgs) -> Result<Layout, String> {
     let unit_bytes = match &args.stripe_size {
         // LVM's default unit for -I is KiB.
-        Some(size) => u32::try_from(parse_size(size, 1 << 10)?)
-            .map_err(|_| format!("stripe size {size} is too large"))?,
+        Some(size) => parse_size(size, 1 << 10)?,
         None => DEFAULT_UNIT_BYTES,
     };
     let kind = match (args.kind.as_deref(), args.stripes, args.mirrors, &args.ec) {
