@@ -13,6 +13,10 @@
 #[cfg(feature = "rocksdb")]
 pub use rocks::RocksStore;
 
+use std::collections::{BTreeMap, HashMap};
+
+use parking_lot::Mutex;
+
 use crate::error::MetaResult;
 
 /// The tables of the metadata store (RocksDB column families).
@@ -70,6 +74,70 @@ pub trait KvStore: Send + Sync + 'static {
     fn scan_prefix(&self, table: Table, prefix: &[u8]) -> MetaResult<Vec<(Vec<u8>, Vec<u8>)>>;
     /// Applies all changes atomically; durable when it returns.
     fn write(&self, changes: Vec<Change>) -> MetaResult<()>;
+}
+
+/// A store in memory: every write is "durable" the moment it returns, and
+/// gone with the process. For simulation and for tests that exercise the
+/// service logic without RocksDB; servers use [`RocksStore`].
+#[derive(Debug, Default)]
+pub struct MemStore {
+    tables: Mutex<HashMap<Table, BTreeMap<Vec<u8>, Vec<u8>>>>,
+}
+
+impl MemStore {
+    pub fn new() -> MemStore {
+        MemStore::default()
+    }
+}
+
+impl KvStore for MemStore {
+    fn get(&self, table: Table, key: &[u8]) -> MetaResult<Option<Vec<u8>>> {
+        Ok(self.tables.lock().get(&table).and_then(|t| t.get(key).cloned()))
+    }
+
+    fn scan_prefix(&self, table: Table, prefix: &[u8]) -> MetaResult<Vec<(Vec<u8>, Vec<u8>)>> {
+        let tables = self.tables.lock();
+        Ok(tables
+            .get(&table)
+            .map(|t| {
+                t.range(prefix.to_vec()..)
+                    .take_while(|(key, _)| key.starts_with(prefix))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    fn write(&self, changes: Vec<Change>) -> MetaResult<()> {
+        let mut tables = self.tables.lock();
+        for change in changes {
+            match change {
+                Change::Put(table, key, value) => {
+                    tables.entry(table).or_default().insert(key, value);
+                }
+                Change::Delete(table, key) => {
+                    tables.entry(table).or_default().remove(&key);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Lets a test keep a handle on a store it hands to a service (to reopen
+/// the service over the same contents, as after a restart).
+impl<S: KvStore> KvStore for std::sync::Arc<S> {
+    fn get(&self, table: Table, key: &[u8]) -> MetaResult<Option<Vec<u8>>> {
+        (**self).get(table, key)
+    }
+
+    fn scan_prefix(&self, table: Table, prefix: &[u8]) -> MetaResult<Vec<(Vec<u8>, Vec<u8>)>> {
+        (**self).scan_prefix(table, prefix)
+    }
+
+    fn write(&self, changes: Vec<Change>) -> MetaResult<()> {
+        (**self).write(changes)
+    }
 }
 
 #[cfg(feature = "rocksdb")]

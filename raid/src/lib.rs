@@ -1,15 +1,19 @@
-//! Blockvirt's redundancy core: stripe geometry, erasure codecs and block
-//! checksums. Pure functions and pure data, no I/O: the redundancy layer
-//! that drives legs builds on these, and they are tested here exhaustively.
+//! Blockvirt's redundancy: stripe geometry and erasure codecs (pure, and
+//! tested exhaustively), and the layouts that drive a placed extent's legs
+//! with them.
 //!
 //! - [`layout`]: the layouts (linear, raid0/1/10, raid5, ec K+M) and their
 //!   validation.
 //! - [`geometry`]: where each user byte of a placed extent lives, and what
 //!   each leg byte holds.
 //! - [`codec`]: XOR and Reed-Solomon parity: encode, reconstruct, update.
+//! - [`io`]: the layouts as block I/O over a placed extent's legs.
+//! - [`journal`]: the stripe journal that closes the parity write hole.
 
 pub mod codec;
 pub mod geometry;
+pub mod io;
+pub mod journal;
 pub mod layout;
 
 pub use codec::{codec_for, CodecError, ErasureCodec, ReedSolomon, Xor};

@@ -16,13 +16,22 @@ use crate::device::{
 };
 use crate::error::{BlockError, BlockResult, ErrorKind};
 
-/// Checks blocks of one extent against the checksums in its slot.
-struct SlotCheck<'a> {
-    slot: &'a Slot,
+/// Checks blocks of one extent against the checksums in its slot. Blocks
+/// of chunks never written match anything.
+pub(super) struct SlotCheck<'a> {
+    pub slot: &'a Slot,
+    pub chunk_bytes: u64,
 }
 
 impl BlockCheck for SlotCheck<'_> {
+    fn covers(&self, offset_bytes: u64) -> bool {
+        self.slot.written() & (1 << (offset_bytes / self.chunk_bytes)) != 0
+    }
+
     fn matches(&self, offset_bytes: u64, block: &[u8]) -> bool {
+        if !self.covers(offset_bytes) {
+            return true;
+        }
         let expected = self.slot.checksums.lock()[(offset_bytes / IO_ALIGN as u64) as usize];
         block_checksum(block) == expected
     }
@@ -80,7 +89,10 @@ impl Inner {
             return (Ok(()), buf, true);
         };
         let legs = self.legs(placement);
-        let check = SlotCheck { slot };
+        let check = SlotCheck {
+            slot,
+            chunk_bytes: self.geometry.chunk_bytes,
+        };
         let check = self.checksummed.then_some(&check as &dyn BlockCheck);
         let runs = self.geometry.runs(&piece, slot.written());
         let parts: Vec<IoBufMut> = runs.iter().map(|r| buf.split_to(r.1 as usize)).collect();
@@ -190,6 +202,14 @@ impl Inner {
             }
         }
         let placement = guard.as_ref().expect("mapped above");
+        let legs = self.legs(placement);
+        if newly_mapped {
+            if let Err(e) = self.redundancy.initialize(&legs).await {
+                let unused = guard.take().expect("mapped above");
+                self.reservation.lock().push(unused);
+                return Err(e);
+            }
+        }
         let init = touched & !covered & !slot.written();
         let (start, stop) = self.geometry.widen(&piece, init);
         let data = if (start, stop) == (piece.offset_bytes, piece.offset_bytes + piece.len_bytes) {
@@ -280,7 +300,12 @@ impl Inner {
             if !keep_allocated {
                 return Ok(()); // unallocated already reads as zeroes
             }
-            *guard = Some(self.allocate().await?);
+            let placement = self.allocate().await?;
+            if let Err(e) = self.redundancy.initialize(&self.legs(&placement)).await {
+                self.reservation.lock().push(placement);
+                return Err(e);
+            }
+            *guard = Some(placement);
             if self.checksummed {
                 *slot.checksums.lock() = vec![0; self.geometry.blocks_per_extent()];
             }

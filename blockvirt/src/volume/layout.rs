@@ -28,6 +28,8 @@ use crate::error::{BlockError, BlockResult, ErrorKind};
 #[derive(Debug, Clone)]
 pub struct Leg {
     pub pv: PvId,
+    /// The PE's number on its PV.
+    pub pe: u64,
     /// `None` when the PV has failed or is missing.
     pub device: Option<Arc<dyn BlockDevice>>,
     /// Where the PE starts on the device.
@@ -50,16 +52,26 @@ impl Legs {
     pub fn device(&self, i: usize) -> BlockResult<(&Arc<dyn BlockDevice>, u64)> {
         let leg = &self.legs[i];
         match &leg.device {
-            Some(device) => Ok((device, leg.base_bytes)),
-            None => Err(BlockError::new(
+            Some(device) if self.is_online(i) => Ok((device, leg.base_bytes)),
+            _ => Err(BlockError::new(
                 ErrorKind::Io,
                 format!("PV id {} has failed", leg.pv),
             )),
         }
     }
 
+    pub fn len(&self) -> usize {
+        self.legs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.legs.is_empty()
+    }
+
+    /// Whether leg `i` can be used now: its PV is open and has not failed
+    /// (also during this operation).
     pub fn is_online(&self, i: usize) -> bool {
-        self.legs[i].device.is_some()
+        self.legs[i].device.is_some() && !self.pvs.is_failed(self.legs[i].pv)
     }
 
     /// Marks leg `i`'s PV failed (an I/O error from it), so every extent
@@ -71,8 +83,14 @@ impl Legs {
 
 /// Verifies blocks against the checksums the volume keeps.
 pub trait BlockCheck: Send + Sync {
+    /// Whether the block at `offset_bytes` has a checksum (it holds written
+    /// data). Blocks of chunks never written have none.
+    fn covers(&self, offset_bytes: u64) -> bool;
+
     /// Whether `block` (4 KiB, at `offset_bytes` in the extent) is what
-    /// was last written there.
+    /// was last written there; always true where [`covers`] is false.
+    ///
+    /// [`covers`]: BlockCheck::covers
     fn matches(&self, offset_bytes: u64, block: &[u8]) -> bool;
 }
 
@@ -88,7 +106,7 @@ pub struct ReadReport {
 }
 
 /// What a scrub of a range found.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ScrubReport {
     pub blocks_checked: u64,
     /// Copies or parity that disagreed with the checksums or each other.
@@ -96,6 +114,19 @@ pub struct ScrubReport {
     pub repaired: u64,
     /// Blocks no copy could vouch for.
     pub unrecoverable: u64,
+    /// Blocks whose copies agree with each other but not with the checksum
+    /// (see [`ReadReport::adopted`]).
+    pub adopted: Vec<u64>,
+}
+
+impl ScrubReport {
+    pub fn add(&mut self, other: ScrubReport) {
+        self.blocks_checked += other.blocks_checked;
+        self.mismatches += other.mismatches;
+        self.repaired += other.repaired;
+        self.unrecoverable += other.unrecoverable;
+        self.adopted.extend(other.adopted);
+    }
 }
 
 /// One layout's I/O over the legs of a placed extent.
@@ -133,14 +164,17 @@ pub trait Redundancy: Send + Sync + std::fmt::Debug {
     /// The range is no longer needed: give its space back on every leg.
     async fn release(&self, legs: &Legs, offset_bytes: u64, len_bytes: u64) -> BlockResult<()>;
 
-    /// What leg `leg` should hold at PE offset `pe_offset_bytes`, rebuilt
-    /// from the other legs (for repair and pvmove).
+    /// What leg `leg` should hold at PE offset `pe_offset_bytes`: read from
+    /// the leg itself while it is online and sound (pvmove), rebuilt from
+    /// the other legs otherwise (repair). Data is verified with `check`, so
+    /// a corrupt block is never copied onto a new leg.
     async fn rebuild_leg(
         &self,
         legs: &Legs,
         leg: usize,
         pe_offset_bytes: u64,
         buf: IoBufMut,
+        check: Option<&dyn BlockCheck>,
     ) -> BufResult<IoBufMut>;
 
     /// Verifies every copy of the range (and parity), repairing bad ones
@@ -157,6 +191,11 @@ pub trait Redundancy: Send + Sync + std::fmt::Debug {
     /// Before placements are freed or replaced, everything that could still
     /// write to them after a restart (a stripe journal) is retired.
     async fn barrier(&self) -> BlockResult<()>;
+
+    /// Readies a newly allocated placed extent before its first write.
+    /// Parity layouts zero every leg, because they keep parity consistent
+    /// by updating it, and a PE holds what its previous owner left.
+    async fn initialize(&self, legs: &Legs) -> BlockResult<()>;
 }
 
 /// Builds the `Redundancy` for an LV's layout.
@@ -171,7 +210,7 @@ pub struct LinearOnly;
 impl Layouts for LinearOnly {
     fn build(&self, layout: Layout, pe_bytes: u64) -> BlockResult<Arc<dyn Redundancy>> {
         match layout {
-            Layout::Linear => Ok(Arc::new(Linear { pe_bytes })),
+            Layout::Linear => Ok(Arc::new(Linear::new(pe_bytes))),
             other => Err(BlockError::new(
                 ErrorKind::Unsupported,
                 format!("layout {} is not available here", other.describe()),
@@ -184,6 +223,12 @@ impl Layouts for LinearOnly {
 #[derive(Debug)]
 pub struct Linear {
     pe_bytes: u64,
+}
+
+impl Linear {
+    pub fn new(pe_bytes: u64) -> Linear {
+        Linear { pe_bytes }
+    }
 }
 
 #[async_trait]
@@ -251,6 +296,7 @@ impl Redundancy for Linear {
         _leg: usize,
         pe_offset_bytes: u64,
         buf: IoBufMut,
+        _check: Option<&dyn BlockCheck>,
     ) -> BufResult<IoBufMut> {
         // No redundancy: the only source is the leg itself (pvmove).
         match legs.device(0) {
@@ -274,6 +320,10 @@ impl Redundancy for Linear {
     }
 
     async fn barrier(&self) -> BlockResult<()> {
+        Ok(())
+    }
+
+    async fn initialize(&self, _legs: &Legs) -> BlockResult<()> {
         Ok(())
     }
 }

@@ -45,6 +45,7 @@ mod commit;
 mod geometry;
 mod io;
 mod layout;
+mod maintain;
 mod pvs;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

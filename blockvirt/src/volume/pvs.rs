@@ -115,6 +115,7 @@ impl PvSet {
                 let base = entry.map_or(0, |e| e.handle.data_offset_bytes) + pe.pe * pe_bytes;
                 Leg {
                     pv: pe.pv,
+                    pe: pe.pe,
                     device: entry
                         .filter(|e| !e.failed.load(Ordering::Acquire))
                         .map(|e| e.handle.device.clone()),

@@ -1,0 +1,205 @@
+//! Online maintenance of a volume's placed extents: replacing legs (repair
+//! after a PV failed, pvmove off a PV), scrubbing, and readying extents
+//! a thick LV got at creation.
+//!
+//! Each operation works one extent at a time with the extent to itself
+//! (its placement lock held exclusively), so I/O to every other extent
+//! goes on; I/O to that extent waits for one extent's copy.
+//!
+//! Crash rule for a leg replacement: the new PE is written and flushed,
+//! the layout's barrier retires anything that could still write to the old
+//! PE, and only then is the new placement committed; until that commit the
+//! durable placement is the old one, whose surviving legs hold everything.
+
+use std::sync::atomic::Ordering;
+
+use metadata::{PeAddr, PvId};
+
+use super::io::SlotCheck;
+use super::layout::ScrubReport;
+use super::{meta_error, Inner, ThinVolume};
+use crate::buf::IoBufMut;
+use crate::device::WriteFlags;
+use crate::error::{BlockError, BlockResult, ErrorKind};
+
+/// Bytes copied per step when a leg is rebuilt.
+const COPY_BYTES: u64 = 1 << 20;
+
+impl ThinVolume {
+    /// Logical extents of the volume.
+    pub fn extent_count(&self) -> u64 {
+        self.inner.slots.read().len() as u64
+    }
+
+    /// Where extent `le` lives, if it is mapped.
+    pub async fn placement(&self, le: u64) -> Option<metadata::Placement> {
+        self.inner.slot(le).placement.read().await.clone()
+    }
+
+    /// Mapped extents with a leg that `select` picks (e.g. on a failed PV,
+    /// or on the PV being emptied).
+    pub async fn extents_with_legs(&self, select: impl Fn(PeAddr) -> bool) -> Vec<u64> {
+        let mut found = Vec::new();
+        for le in 0..self.extent_count() {
+            let slot = self.inner.slot(le);
+            let guard = slot.placement.read().await;
+            if guard.as_ref().is_some_and(|p| p.iter().any(|pe| select(*pe))) {
+                found.push(le);
+            }
+        }
+        found
+    }
+
+    /// Mapped extents with a leg on a failed PV.
+    pub async fn degraded_extents(&self) -> Vec<u64> {
+        let pvs = self.inner.pvs.clone();
+        self.extents_with_legs(move |pe| pvs.is_failed(pe.pv)).await
+    }
+
+    /// Replaces the legs of extent `le` that `select` picks with new PEs on
+    /// other PVs, copying what each leg should hold (read from the leg if
+    /// it is sound, rebuilt from the others if not), and commits the new
+    /// placement. Returns how many legs moved.
+    pub async fn replace_legs(&self, le: u64, select: impl Fn(PeAddr) -> bool) -> BlockResult<usize> {
+        let inner = &self.inner;
+        inner.check_usable()?;
+        let slot = inner.slot(le);
+        let mut guard = slot.placement.write().await;
+        let Some(old) = guard.clone() else { return Ok(0) };
+        let targets: Vec<usize> = (0..old.len()).filter(|&i| select(old[i])).collect();
+        if targets.is_empty() {
+            return Ok(0);
+        }
+        let legs = inner.legs(&old);
+        let check = SlotCheck {
+            slot: &slot,
+            chunk_bytes: inner.geometry.chunk_bytes,
+        };
+        let mut new = old.clone();
+        for &leg in &targets {
+            let exclude: Vec<PvId> = new.iter().map(|pe| pe.pv).collect();
+            let pe = inner
+                .map
+                .reserve_pe(inner.token, exclude)
+                .await
+                .map_err(|e| meta_error(&inner.name, e))?
+                .ok_or_else(|| {
+                    BlockError::new(
+                        ErrorKind::NoSpace,
+                        format!("{}: no free extent on a PV outside extent {le}'s other legs", inner.name),
+                    )
+                })?;
+            if let Err(e) = inner.copy_leg(&legs, leg, pe, inner.checksummed.then_some(&check)).await {
+                inner.dirty.lock().returned.push(pe);
+                return Err(e.context_prefix(format!("{}: extent {le}", inner.name)));
+            }
+            new[leg] = pe;
+        }
+        *guard = Some(new.clone());
+        inner.placement_changed(&slot, le);
+        {
+            let mut dirty = inner.dirty.lock();
+            dirty.placements_released = true;
+            dirty.pvs.extend(new.iter().map(|pe| pe.pv).filter(|pv| !inner.pvs.is_failed(*pv)));
+        }
+        drop(guard);
+        inner.sync().await?;
+        Ok(targets.len())
+    }
+
+    /// Verifies every written block of extent `le` on every copy (and its
+    /// parity), rewriting bad ones when `repair` is set.
+    pub async fn scrub_extent(&self, le: u64, repair: bool) -> BlockResult<ScrubReport> {
+        let inner = &self.inner;
+        inner.check_usable()?;
+        let slot = inner.slot(le);
+        let guard = slot.placement.write().await;
+        let Some(placement) = guard.as_ref() else {
+            return Ok(ScrubReport::default());
+        };
+        if !inner.checksummed {
+            return Err(BlockError::new(
+                ErrorKind::Unsupported,
+                format!("{}: a layout without redundancy has nothing to scrub", inner.name),
+            ));
+        }
+        let legs = inner.legs(placement);
+        let check = SlotCheck {
+            slot: &slot,
+            chunk_bytes: inner.geometry.chunk_bytes,
+        };
+        let whole = super::geometry::Piece {
+            le,
+            offset_bytes: 0,
+            len_bytes: inner.geometry.extent_bytes,
+            request_offset_bytes: 0,
+        };
+        let mut report = ScrubReport::default();
+        for (start, len, written) in inner.geometry.runs(&whole, slot.written()) {
+            if written {
+                report.add(inner.redundancy.scrub(&legs, start, len, &check, repair).await?);
+            }
+        }
+        inner.mismatches.fetch_add(report.mismatches, Ordering::Relaxed);
+        if repair {
+            for &offset in &report.adopted {
+                let (result, block) = inner
+                    .redundancy
+                    .read(&legs, offset, IoBufMut::zeroed(crate::IO_ALIGN), None, false)
+                    .await;
+                result?;
+                inner.record_checksums(&slot, le, offset, &block);
+            }
+        }
+        Ok(report)
+    }
+
+    /// Readies every mapped extent that holds no written data yet (a thick
+    /// LV's extents, allocated at creation): see `Redundancy::initialize`.
+    pub async fn initialize_unwritten(&self) -> BlockResult<u64> {
+        let inner = &self.inner;
+        let mut count = 0;
+        for le in 0..self.extent_count() {
+            let slot = inner.slot(le);
+            let guard = slot.placement.write().await;
+            if let Some(placement) = guard.as_ref() {
+                if slot.written() == 0 {
+                    inner.redundancy.initialize(&inner.legs(placement)).await?;
+                    count += 1;
+                }
+            }
+        }
+        Ok(count)
+    }
+}
+
+impl Inner {
+    /// Writes what leg `leg` of `legs` should hold onto `target`, then
+    /// flushes it.
+    async fn copy_leg(
+        &self,
+        legs: &super::Legs,
+        leg: usize,
+        target: PeAddr,
+        check: Option<&dyn super::BlockCheck>,
+    ) -> BlockResult<()> {
+        let handle = self.pvs.get(target.pv)?;
+        let base = handle.data_offset_bytes + target.pe * self.pe_bytes;
+        let mut offset = 0;
+        while offset < self.pe_bytes {
+            let len = COPY_BYTES.min(self.pe_bytes - offset);
+            let (result, buf) = self
+                .redundancy
+                .rebuild_leg(legs, leg, offset, IoBufMut::zeroed(len as usize), check)
+                .await;
+            result?;
+            handle
+                .device
+                .write_at(base + offset, buf.freeze(), WriteFlags::empty())
+                .await
+                .0?;
+            offset += len;
+        }
+        handle.device.flush().await
+    }
+}

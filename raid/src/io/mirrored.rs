@@ -1,0 +1,364 @@
+//! `Mirrored`: raid0, raid1 and raid10 (and linear) on their legs.
+//!
+//! ```text
+//!  user bytes ──spans──▶ (row, column) ──▶ mirror group: legs g·C .. g·C+C
+//!  read:  one copy of the group (rotating), verified; a bad block is taken
+//!         from another copy that matches its checksum
+//!  write: every online copy of the group
+//! ```
+//!
+//! A write succeeds when at least one copy of every span took it; the
+//! copies that failed are marked failed, so they are never read again
+//! before a rebuild replaces them. Adopting a block (copies agree, the
+//! checksum does not) needs two agreeing copies: a lone copy that fails
+//! its checksum might be rot, so the read fails instead.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use async_trait::async_trait;
+use blockvirt::volume::{BlockCheck, Legs, ReadReport, Redundancy, ScrubReport};
+use blockvirt::{BlockError, BlockResult, BufResult, ByteRange, ErrorKind, IoBuf, IoBufMut, WriteFlags, ZeroFlags};
+use futures::future::join_all;
+use metadata::Layout;
+
+use super::verify::{failing_blocks, join, split, unrecoverable, BLOCK};
+use crate::geometry::{LegContent, Span, StripeGeometry, StripedGeometry};
+
+#[derive(Debug)]
+pub struct Mirrored {
+    geometry: StripedGeometry,
+    /// Spreads reads over the copies of a group.
+    next_copy: AtomicUsize,
+}
+
+impl Mirrored {
+    pub fn new(geometry: StripedGeometry) -> Mirrored {
+        Mirrored {
+            geometry,
+            next_copy: AtomicUsize::new(0),
+        }
+    }
+
+    fn stripe(&self) -> StripeGeometry {
+        StripeGeometry::Striped(self.geometry)
+    }
+
+    /// The online copies of a span, starting at a rotating one.
+    fn copies(&self, legs: &Legs, span: &Span, exclude: Option<usize>) -> Vec<usize> {
+        let first = self.next_copy.fetch_add(1, Ordering::Relaxed) % span.copies;
+        (0..span.copies)
+            .map(|i| span.leg + (first + i) % span.copies)
+            .filter(|&leg| Some(leg) != exclude && legs.is_online(leg))
+            .collect()
+    }
+
+    /// Reads `span` (at extent offset `offset_bytes`) into `part`, verified
+    /// with `check`. `prefer` is read first when online; `exclude` never.
+    #[allow(clippy::too_many_arguments)]
+    async fn read_span(
+        &self,
+        legs: &Legs,
+        span: Span,
+        offset_bytes: u64,
+        mut part: IoBufMut,
+        check: Option<&dyn BlockCheck>,
+        repair: bool,
+        prefer: Option<usize>,
+        exclude: Option<usize>,
+    ) -> (BlockResult<ReadReport>, IoBufMut) {
+        let mut order = self.copies(legs, &span, exclude);
+        if let Some(leg) = prefer.filter(|leg| order.contains(leg)) {
+            order.retain(|l| *l != leg);
+            order.insert(0, leg);
+        }
+        let mut source = None;
+        for &leg in &order {
+            let (result, back) = read_leg(legs, leg, span.pe_offset_bytes, part).await;
+            part = back;
+            match result {
+                Ok(()) => {
+                    source = Some(leg);
+                    break;
+                }
+                Err(e) => legs.fail(leg, &e),
+            }
+        }
+        let Some(source) = source else {
+            return (Err(no_copy(span)), part);
+        };
+        let mut report = ReadReport::default();
+        let Some(check) = check else {
+            return (Ok(report), part);
+        };
+        for index in failing_blocks(check, offset_bytes, &part) {
+            let at = index * BLOCK;
+            let block_offset = offset_bytes + at as u64;
+            let pe_offset = span.pe_offset_bytes + at as u64;
+            // Every readable copy of the block, the first read included.
+            let mut seen: Vec<(usize, Vec<u8>)> = vec![(source, part[at..at + BLOCK].to_vec())];
+            for &leg in order.iter().filter(|&&leg| leg != source && legs.is_online(leg)) {
+                let (result, block) = read_leg(legs, leg, pe_offset, IoBufMut::zeroed(BLOCK)).await;
+                match result {
+                    Ok(()) => seen.push((leg, block.to_vec())),
+                    Err(e) => legs.fail(leg, &e),
+                }
+            }
+            match seen.iter().find(|(_, data)| check.matches(block_offset, data)) {
+                Some((_, good)) => {
+                    let good = good.clone();
+                    part[at..at + BLOCK].copy_from_slice(&good);
+                    let bad: Vec<usize> = seen
+                        .iter()
+                        .filter(|(_, data)| !check.matches(block_offset, data))
+                        .map(|(leg, _)| *leg)
+                        .collect();
+                    report.mismatches += bad.len() as u64;
+                    if repair {
+                        rewrite(legs, &bad, pe_offset, IoBuf::copy_from(&good)).await;
+                    }
+                }
+                None if seen.len() >= 2 && seen.iter().all(|(_, data)| *data == seen[0].1) => {
+                    report.adopted.push(block_offset);
+                }
+                None => return (Err(unrecoverable(block_offset)), part),
+            }
+        }
+        (Ok(report), part)
+    }
+
+    /// The span of user bytes `[offset_bytes, +len)` within one unit.
+    fn span_at(&self, offset_bytes: u64, len_bytes: u64) -> Span {
+        let mut spans = self.stripe().spans(offset_bytes, len_bytes);
+        let span = spans.next().expect("a non-empty range has a span");
+        debug_assert!(spans.next().is_none(), "range crosses a unit");
+        span
+    }
+}
+
+async fn read_leg(legs: &Legs, leg: usize, pe_offset_bytes: u64, buf: IoBufMut) -> (BlockResult<()>, IoBufMut) {
+    match legs.device(leg) {
+        Ok((device, base)) => device.read_at(base + pe_offset_bytes, buf).await,
+        Err(e) => (Err(e), buf),
+    }
+}
+
+/// Writes `data` on each of `targets`; a leg that fails is marked failed.
+async fn rewrite(legs: &Legs, targets: &[usize], pe_offset_bytes: u64, data: IoBuf) -> usize {
+    let writes = targets.iter().map(|&leg| {
+        let data = data.clone();
+        async move {
+            let result = match legs.device(leg) {
+                Ok((device, base)) => device.write_at(base + pe_offset_bytes, data, WriteFlags::empty()).await.0,
+                Err(e) => Err(e),
+            };
+            (leg, result)
+        }
+    });
+    let mut written = 0;
+    for (leg, result) in join_all(writes).await {
+        match result {
+            Ok(()) => written += 1,
+            Err(e) => legs.fail(leg, &e),
+        }
+    }
+    written
+}
+
+fn no_copy(span: Span) -> BlockError {
+    BlockError::new(
+        ErrorKind::Io,
+        format!(
+            "no copy of row {} column {} is readable (all its legs failed)",
+            span.row, span.shard
+        ),
+    )
+}
+
+#[async_trait]
+impl Redundancy for Mirrored {
+    fn layout(&self) -> Layout {
+        self.geometry.layout()
+    }
+
+    fn extent_bytes(&self) -> u64 {
+        self.stripe().extent_bytes()
+    }
+
+    async fn read(
+        &self,
+        legs: &Legs,
+        offset_bytes: u64,
+        buf: IoBufMut,
+        check: Option<&dyn BlockCheck>,
+        repair: bool,
+    ) -> (BlockResult<ReadReport>, IoBufMut) {
+        let spans: Vec<Span> = self.stripe().spans(offset_bytes, buf.len() as u64).collect();
+        let (parts, rest) = split(buf, spans.iter().map(|s| s.len_bytes as usize));
+        let reads = spans.iter().zip(parts).map(|(span, part)| {
+            let at = offset_bytes + span.request_offset_bytes;
+            self.read_span(legs, *span, at, part, check, repair, None, None)
+        });
+        join(join_all(reads).await, rest)
+    }
+
+    async fn write(&self, legs: &Legs, offset_bytes: u64, data: IoBuf, flags: WriteFlags) -> BlockResult<()> {
+        let spans: Vec<Span> = self.stripe().spans(offset_bytes, data.len() as u64).collect();
+        let writes = spans.iter().map(|span| {
+            let piece = data.slice(span.request_offset_bytes as usize..(span.request_offset_bytes + span.len_bytes) as usize);
+            async move {
+                let copies: Vec<usize> = span.legs().filter(|&leg| legs.is_online(leg)).collect();
+                let writes = copies.iter().map(|&leg| {
+                    let piece = piece.clone();
+                    async move {
+                        let result = match legs.device(leg) {
+                            Ok((device, base)) => device.write_at(base + span.pe_offset_bytes, piece, flags).await.0,
+                            Err(e) => Err(e),
+                        };
+                        (leg, result)
+                    }
+                });
+                let mut written = 0;
+                for (leg, result) in join_all(writes).await {
+                    match result {
+                        Ok(()) => written += 1,
+                        Err(e) => legs.fail(leg, &e),
+                    }
+                }
+                if written == 0 {
+                    Err(no_copy(*span))
+                } else {
+                    Ok(())
+                }
+            }
+        });
+        join_all(writes).await.into_iter().collect()
+    }
+
+    async fn write_zeroes(&self, legs: &Legs, offset_bytes: u64, len_bytes: u64) -> BlockResult<()> {
+        let spans: Vec<Span> = self.stripe().spans(offset_bytes, len_bytes).collect();
+        let zeroes = spans.iter().map(|span| async move {
+            let targets = span.legs().filter(|&leg| legs.is_online(leg)).map(|leg| async move {
+                let range = |base: u64| ByteRange::new(base + span.pe_offset_bytes, span.len_bytes);
+                let result = match legs.device(leg) {
+                    Ok((device, base)) => device.write_zeroes(range(base), ZeroFlags::NO_HOLE).await,
+                    Err(e) => Err(e),
+                };
+                (leg, result)
+            });
+            let mut zeroed = 0;
+            for (leg, result) in join_all(targets).await {
+                match result {
+                    Ok(()) => zeroed += 1,
+                    Err(e) => legs.fail(leg, &e),
+                }
+            }
+            if zeroed == 0 {
+                Err(no_copy(*span))
+            } else {
+                Ok(())
+            }
+        });
+        join_all(zeroes).await.into_iter().collect()
+    }
+
+    async fn release(&self, legs: &Legs, offset_bytes: u64, len_bytes: u64) -> BlockResult<()> {
+        let spans: Vec<Span> = self.stripe().spans(offset_bytes, len_bytes).collect();
+        let discards = spans.iter().flat_map(|span| span.legs().map(move |leg| (leg, *span))).map(|(leg, span)| async move {
+            if let Ok((device, base)) = legs.device(leg) {
+                // Space back only: failing to punch costs space, not data.
+                if let Err(e) = device.discard(ByteRange::new(base + span.pe_offset_bytes, span.len_bytes)).await {
+                    tracing::warn!("releasing space on PV id {}: {e}", legs.legs[leg].pv);
+                }
+            }
+        });
+        join_all(discards).await;
+        Ok(())
+    }
+
+    async fn rebuild_leg(
+        &self,
+        legs: &Legs,
+        leg: usize,
+        pe_offset_bytes: u64,
+        buf: IoBufMut,
+        check: Option<&dyn BlockCheck>,
+    ) -> BufResult<IoBufMut> {
+        let pieces: Vec<_> = self.stripe().leg_pieces(leg, pe_offset_bytes, buf.len() as u64).collect();
+        let (parts, rest) = split(buf, pieces.iter().map(|p| p.len_bytes as usize));
+        let mut results = Vec::with_capacity(parts.len());
+        for (piece, part) in pieces.iter().zip(parts) {
+            let LegContent::Data { offset_bytes, .. } = piece.content else {
+                unreachable!("mirrors hold no parity");
+            };
+            let span = self.span_at(offset_bytes, piece.len_bytes);
+            // The leg itself first (pvmove); without it, its copies (repair).
+            let prefer = legs.is_online(leg).then_some(leg);
+            let exclude = if prefer.is_some() { None } else { Some(leg) };
+            results.push(self.read_span(legs, span, offset_bytes, part, check, false, prefer, exclude).await);
+        }
+        let (result, buf) = join(results, rest);
+        (result.map(|_| ()), buf)
+    }
+
+    async fn scrub(
+        &self,
+        legs: &Legs,
+        offset_bytes: u64,
+        len_bytes: u64,
+        check: &dyn BlockCheck,
+        repair: bool,
+    ) -> BlockResult<ScrubReport> {
+        let mut report = ScrubReport::default();
+        for span in self.stripe().spans(offset_bytes, len_bytes) {
+            let span_offset = offset_bytes + span.request_offset_bytes;
+            // Every online copy of the whole span.
+            let mut copies: Vec<(usize, IoBufMut)> = Vec::new();
+            for leg in span.legs().filter(|&leg| legs.is_online(leg)) {
+                let (result, data) = read_leg(legs, leg, span.pe_offset_bytes, IoBufMut::zeroed(span.len_bytes as usize)).await;
+                match result {
+                    Ok(()) => copies.push((leg, data)),
+                    Err(e) => legs.fail(leg, &e),
+                }
+            }
+            if copies.is_empty() {
+                return Err(no_copy(span));
+            }
+            for at in (0..span.len_bytes as usize).step_by(BLOCK) {
+                report.blocks_checked += 1;
+                let block_offset = span_offset + at as u64;
+                let good = copies
+                    .iter()
+                    .find(|(_, data)| check.matches(block_offset, &data[at..at + BLOCK]))
+                    .map(|(_, data)| data[at..at + BLOCK].to_vec());
+                let disagree = |good: &[u8]| -> Vec<usize> {
+                    copies.iter().filter(|(_, data)| &data[at..at + BLOCK] != good).map(|(leg, _)| *leg).collect()
+                };
+                match good {
+                    Some(good) => {
+                        let bad = disagree(&good);
+                        report.mismatches += bad.len() as u64;
+                        if repair && !bad.is_empty() {
+                            let pe_offset = span.pe_offset_bytes + at as u64;
+                            report.repaired += rewrite(legs, &bad, pe_offset, IoBuf::copy_from(&good)).await as u64;
+                        }
+                    }
+                    None if copies.len() >= 2 && disagree(&copies[0].1[at..at + BLOCK]).is_empty() => {
+                        report.adopted.push(block_offset);
+                    }
+                    None => report.unrecoverable += 1,
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    async fn barrier(&self) -> BlockResult<()> {
+        Ok(())
+    }
+
+    async fn initialize(&self, _legs: &Legs) -> BlockResult<()> {
+        // Copies need no agreement on bytes never written: reads of those
+        // chunks never reach the legs.
+        Ok(())
+    }
+}

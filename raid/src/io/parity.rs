@@ -1,0 +1,623 @@
+//! `Parity`: raid5 and erasure coding (K data + M parity shards per row,
+//! rotating) on their legs.
+//!
+//! ```text
+//!  read:   data shard's leg ──ok──▶ verified ──bad──▶ resolve the column
+//!            └─lost─▶ reconstruct from the row's other shards
+//!  write:  row lock ─▶ old bytes (RMW, or the whole column when degraded)
+//!          ─▶ new parity ─▶ journal entry on the parity PVs, durable
+//!          ─▶ data and parity in place ─▶ entry completed
+//! ```
+//!
+//! Crash rule (no write hole): every byte a partial-row write puts in place
+//! is in a durable journal entry before the first in-place write starts,
+//! so after a crash the replay makes every row that was mid-update
+//! consistent again before anything reads it. A full-row write computes
+//! parity from the new data alone and skips the journal, unless the row
+//! still has an unretired entry (whose replay would otherwise roll it
+//! back). Placements are freed only after `barrier` retired every entry.
+//!
+//! One lock per row (striped over a fixed table) orders writes, degraded
+//! reads and repairs of the same row, so no one reconstructs from a row
+//! whose data and parity are mid-update.
+//!
+//! Resolving a column (a 4 KiB block at one offset of every shard of a
+//! row): data blocks that match their checksums are trusted; parity is
+//! recomputed from them. Data blocks that fail are rebuilt from the rest
+//! of the row, trying the parity shards in turn, and accepted only if the
+//! result matches the checksums. When every shard is present and the
+//! parity agrees with the data that fails its checksum, that data is
+//! adopted (written before a crash, its checksum not committed). Anything
+//! else is unrecoverable, and the read fails rather than guess.
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use blockvirt::volume::{BlockCheck, Legs, ReadReport, Redundancy, ScrubReport};
+use blockvirt::{BlockError, BlockResult, BufResult, ByteRange, ErrorKind, IoBuf, IoBufMut, WriteFlags};
+use futures::future::join_all;
+use metadata::{Layout, PeAddr, PvId};
+
+use super::verify::{failing_blocks, join, split, unrecoverable, BLOCK};
+use crate::codec::ErasureCodec;
+use crate::geometry::{LegContent, ParityGeometry, RowSpan, Span, StripeGeometry};
+use crate::journal::{JournalEntry, JournalSet, JournalWrite, RowKey};
+
+/// Row locks per layout (striped: two rows may share one).
+const ROW_LOCKS: usize = 1024;
+
+#[derive(Debug)]
+pub struct Parity {
+    geometry: ParityGeometry,
+    codec: Arc<dyn ErasureCodec>,
+    journals: Arc<JournalSet>,
+    row_locks: Box<[tokio::sync::Mutex<()>]>,
+}
+
+/// What a column's shards say, once resolved.
+enum Verdict {
+    /// The right content of every shard; the shards that held wrong bytes
+    /// (to rewrite); the data shards whose content stands although it
+    /// fails its checksum (adopted: the row vouches for it).
+    Good {
+        shards: Vec<Vec<u8>>,
+        wrong: Vec<usize>,
+        adopted: Vec<usize>,
+    },
+    Unrecoverable,
+}
+
+impl Parity {
+    pub fn new(geometry: ParityGeometry, codec: Arc<dyn ErasureCodec>, journals: Arc<JournalSet>) -> Parity {
+        Parity {
+            geometry,
+            codec,
+            journals,
+            row_locks: (0..ROW_LOCKS).map(|_| tokio::sync::Mutex::new(())).collect(),
+        }
+    }
+
+    fn stripe(&self) -> StripeGeometry {
+        StripeGeometry::Parity(self.geometry)
+    }
+
+    fn k(&self) -> usize {
+        self.geometry.data_shards()
+    }
+
+    fn shards(&self) -> usize {
+        self.geometry.shards()
+    }
+
+    fn unit(&self) -> u64 {
+        self.geometry.unit_bytes()
+    }
+
+    /// Identifies row `row` of this placed extent (by its first leg's PE).
+    fn row_key(&self, legs: &Legs, row: u64) -> RowKey {
+        RowKey {
+            pe: PeAddr {
+                pv: legs.legs[0].pv,
+                pe: legs.legs[0].pe,
+            },
+            row,
+        }
+    }
+
+    fn row_lock(&self, legs: &Legs, row: u64) -> &tokio::sync::Mutex<()> {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.row_key(legs, row).hash(&mut hasher);
+        &self.row_locks[hasher.finish() as usize % ROW_LOCKS]
+    }
+
+    /// Extent offset of data shard `shard`'s byte at `in_unit` of `row`.
+    fn data_offset(&self, row: u64, shard: usize, in_unit: u64) -> u64 {
+        row * self.geometry.row_bytes() + shard as u64 * self.unit() + in_unit
+    }
+
+    fn parity_pvs(&self, legs: &Legs, row: u64) -> Vec<PvId> {
+        self.geometry
+            .parity_legs(row)
+            .filter(|&leg| legs.is_online(leg))
+            .map(|leg| legs.legs[leg].pv)
+            .collect()
+    }
+
+    /// Every shard of `row` at unit bytes `[in_unit, +len)`; `None` for a
+    /// leg that is offline or fails the read (then marked failed).
+    async fn read_column(&self, legs: &Legs, row: u64, in_unit: u64, len: u64) -> Vec<Option<IoBufMut>> {
+        self.read_shards(legs, row, in_unit, len, |_| true).await
+    }
+
+    /// Like [`read_column`](Self::read_column), for the shards `wanted`
+    /// picks (`None` for the others).
+    async fn read_shards(
+        &self,
+        legs: &Legs,
+        row: u64,
+        in_unit: u64,
+        len: u64,
+        wanted: impl Fn(usize) -> bool,
+    ) -> Vec<Option<IoBufMut>> {
+        let reads = (0..self.shards()).map(|shard| {
+            let leg = self.geometry.shard_leg(row, shard);
+            let wanted = wanted(shard);
+            async move {
+                if !wanted {
+                    return None;
+                }
+                let (device, base) = legs.device(leg).ok()?;
+                let (result, buf) = device.read_at(base + row * self.unit() + in_unit, IoBufMut::zeroed(len as usize)).await;
+                match result {
+                    Ok(()) => Some(buf),
+                    Err(e) => {
+                        legs.fail(leg, &e);
+                        None
+                    }
+                }
+            }
+        });
+        join_all(reads).await
+    }
+
+    /// Resolves the 4 KiB column at `at` within `column` (see module doc).
+    fn resolve(&self, column: &[Option<IoBufMut>], row: u64, in_unit: u64, at: usize, check: Option<&dyn BlockCheck>) -> Verdict {
+        let (k, n) = (self.k(), self.shards());
+        let block = |shard: usize| column[shard].as_ref().map(|b| &b[at..at + BLOCK]);
+        let offset = |shard: usize| self.data_offset(row, shard, in_unit + at as u64);
+        let matches = |shard: usize, data: &[u8]| check.is_none_or(|c| c.matches(offset(shard), data));
+        let covered = |shard: usize| check.is_some_and(|c| c.covers(offset(shard)));
+        let present: Vec<bool> = (0..n).map(|s| column[s].is_some()).collect();
+        let missing: Vec<usize> = (0..k).filter(|&s| !present[s]).collect();
+        let suspects: Vec<usize> = (0..k).filter(|&s| block(s).is_some_and(|b| !matches(s, b))).collect();
+        let parity_present: Vec<usize> = (k..n).filter(|&s| present[s]).collect();
+        let encode = |data: &[Vec<u8>]| -> Option<Vec<Vec<u8>>> {
+            let mut parity = vec![vec![0u8; BLOCK]; n - k];
+            let inputs: Vec<&[u8]> = data.iter().map(Vec::as_slice).collect();
+            let mut outputs: Vec<&mut [u8]> = parity.iter_mut().map(Vec::as_mut_slice).collect();
+            self.codec.encode(&inputs, &mut outputs).ok()?;
+            Some(parity)
+        };
+        let differing_parity = |parity: &[Vec<u8>]| -> Vec<usize> {
+            (k..n).filter(|&s| block(s).is_some_and(|b| b != parity[s - k].as_slice())).collect()
+        };
+
+        if missing.is_empty() {
+            let data: Vec<Vec<u8>> = (0..k).map(|s| block(s).expect("present").to_vec()).collect();
+            let Some(parity) = encode(&data) else { return Verdict::Unrecoverable };
+            let wrong = differing_parity(&parity);
+            if suspects.is_empty() {
+                // Data vouched for: parity follows from it.
+                return Verdict::Good {
+                    shards: data.into_iter().chain(parity).collect(),
+                    wrong,
+                    adopted: Vec::new(),
+                };
+            }
+            if !parity_present.is_empty() && wrong.is_empty() {
+                // The row is consistent with the suspects as they are.
+                return Verdict::Good {
+                    shards: data.into_iter().chain(parity).collect(),
+                    wrong,
+                    adopted: suspects,
+                };
+            }
+        }
+        // Rebuild what is missing, with the suspects rebuilt too or taken as
+        // they are, leaving out parity shards in turn in case one is bad.
+        let m = n - k;
+        let mut tried: Vec<Vec<usize>> = Vec::new();
+        for rebuild_suspects in [true, false] {
+            let base: Vec<usize> = if rebuild_suspects {
+                missing.iter().chain(&suspects).copied().collect()
+            } else {
+                missing.clone()
+            };
+            if base.len() > m {
+                continue;
+            }
+            for excluded in parity_subsets(&parity_present, m - base.len()) {
+                let erased: Vec<usize> = base.iter().chain(&excluded).copied().collect();
+                if tried.contains(&erased) {
+                    continue;
+                }
+                tried.push(erased.clone());
+                let survivors: Vec<bool> = (0..n).map(|s| present[s] && !erased.contains(&s)).collect();
+                if survivors.iter().filter(|s| **s).count() < k {
+                    continue;
+                }
+                let mut shards: Vec<Vec<u8>> = (0..n)
+                    .map(|s| if survivors[s] { block(s).expect("present").to_vec() } else { vec![0u8; BLOCK] })
+                    .collect();
+                let mut slices: Vec<&mut [u8]> = shards.iter_mut().map(Vec::as_mut_slice).collect();
+                if self.codec.reconstruct(&mut slices, &survivors).is_err() {
+                    continue;
+                }
+                let rebuilt: Vec<usize> = erased.iter().copied().filter(|&s| s < k).collect();
+                if !rebuilt.iter().all(|&s| matches(s, &shards[s])) {
+                    continue;
+                }
+                // Suspects kept as they are stand only if a rebuilt block
+                // proved, against a real checksum, that the row is sound.
+                let adopted: Vec<usize> = suspects.iter().copied().filter(|s| !erased.contains(s)).collect();
+                if !adopted.is_empty() && !rebuilt.iter().any(|&s| covered(s)) {
+                    continue;
+                }
+                let Some(parity) = encode(&shards[..k]) else { continue };
+                let mut wrong: Vec<usize> = suspects.iter().copied().filter(|s| erased.contains(s)).collect();
+                wrong.extend(differing_parity(&parity));
+                shards.truncate(k);
+                shards.extend(parity);
+                return Verdict::Good { shards, wrong, adopted };
+            }
+        }
+        Verdict::Unrecoverable
+    }
+
+    /// Writes `bytes` at unit offset `in_unit` of each listed shard of
+    /// `row`, on online legs; a leg that fails is marked failed.
+    async fn put(&self, legs: &Legs, row: u64, writes: Vec<(usize, u64, IoBuf)>, flags: WriteFlags) -> usize {
+        let puts = writes.into_iter().map(|(shard, in_unit, bytes)| {
+            let leg = self.geometry.shard_leg(row, shard);
+            async move {
+                let result = match legs.device(leg) {
+                    Ok((device, base)) => device.write_at(base + row * self.unit() + in_unit, bytes, flags).await.0,
+                    Err(e) => Err(e),
+                };
+                (leg, result)
+            }
+        });
+        let mut failed = 0;
+        for (leg, result) in join_all(puts).await {
+            if let Err(e) = result {
+                legs.fail(leg, &e);
+                failed += 1;
+            }
+        }
+        failed
+    }
+
+    /// Lost legs beyond what the layout tolerates: the row cannot be kept.
+    fn check_tolerance(&self, legs: &Legs, row: u64) -> BlockResult<()> {
+        let lost = (0..self.shards()).filter(|&s| !legs.is_online(self.geometry.shard_leg(row, s))).count();
+        if lost > self.geometry.parity_shards() {
+            Err(BlockError::new(
+                ErrorKind::Io,
+                format!("row {row}: {lost} legs lost, more than {} the layout survives", self.geometry.parity_shards()),
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn write_row(&self, legs: &Legs, rs: RowSpan, data: IoBuf, flags: WriteFlags) -> BlockResult<()> {
+        let (k, n, unit) = (self.k(), self.shards(), self.unit());
+        let row = rs.row;
+        let _row = self.row_lock(legs, row).lock().await;
+        self.check_tolerance(legs, row)?;
+        // (shard, bytes within the unit) of the new data.
+        let pieces: Vec<(usize, std::ops::Range<u64>, IoBuf)> = rs
+            .shards
+            .clone()
+            .map(|shard| {
+                let start = (shard as u64 * unit).max(rs.row_offset_bytes);
+                let end = ((shard as u64 + 1) * unit).min(rs.row_offset_bytes + rs.len_bytes);
+                let from = (start - rs.row_offset_bytes) as usize;
+                let bytes = data.slice(from..from + (end - start) as usize);
+                (shard, start - shard as u64 * unit..end - shard as u64 * unit, bytes)
+            })
+            .collect();
+        let hull = rs.unit_range_bytes.clone();
+        let hull_len = (hull.end - hull.start) as usize;
+        let all_online = (0..n).all(|s| legs.is_online(self.geometry.shard_leg(row, s)));
+
+        let parity: Vec<Vec<u8>> = if rs.full {
+            let inputs: Vec<&[u8]> = pieces.iter().map(|(_, _, bytes)| &bytes[..]).collect();
+            let mut parity = vec![vec![0u8; unit as usize]; n - k];
+            let mut outputs: Vec<&mut [u8]> = parity.iter_mut().map(Vec::as_mut_slice).collect();
+            self.codec.encode(&inputs, &mut outputs).map_err(codec_error)?;
+            parity
+        } else if all_online {
+            // Read-modify-write: old bytes of the changed shards, old parity.
+            let changed = rs.shards.clone();
+            let wanted = |shard: usize| changed.contains(&shard) || shard >= k;
+            let column = self.read_shards(legs, row, hull.start, hull.end - hull.start, wanted).await;
+            if (0..n).any(|s| wanted(s) && column[s].is_none()) {
+                // A leg failed during the read: retry degraded.
+                drop(_row);
+                return Box::pin(self.write_row(legs, rs, data, flags)).await;
+            }
+            let mut parity: Vec<Vec<u8>> = (k..n).map(|s| column[s].as_ref().expect("read").to_vec()).collect();
+            for (shard, range, bytes) in &pieces {
+                let old = column[*shard].as_ref().expect("read");
+                let mut delta = vec![0u8; hull_len];
+                let at = (range.start - hull.start) as usize;
+                for (i, byte) in bytes.iter().enumerate() {
+                    delta[at + i] = old[at + i] ^ byte;
+                }
+                let mut outputs: Vec<&mut [u8]> = parity.iter_mut().map(Vec::as_mut_slice).collect();
+                self.codec.update_parity(*shard, &delta, &mut outputs).map_err(codec_error)?;
+            }
+            parity
+        } else {
+            // Degraded: rebuild the old column, apply the new data, encode.
+            let column = self.read_column(legs, row, hull.start, hull.end - hull.start).await;
+            let present: Vec<bool> = column.iter().map(Option::is_some).collect();
+            let mut shards: Vec<Vec<u8>> = column.iter().map(|c| c.as_ref().map_or_else(|| vec![0u8; hull_len], |b| b.to_vec())).collect();
+            let mut slices: Vec<&mut [u8]> = shards.iter_mut().map(Vec::as_mut_slice).collect();
+            self.codec.reconstruct_data(&mut slices, &present).map_err(codec_error)?;
+            for (shard, range, bytes) in &pieces {
+                let at = (range.start - hull.start) as usize;
+                shards[*shard][at..at + bytes.len()].copy_from_slice(bytes);
+            }
+            let inputs: Vec<&[u8]> = shards[..k].iter().map(Vec::as_slice).collect();
+            let mut parity = vec![vec![0u8; hull_len]; n - k];
+            let mut outputs: Vec<&mut [u8]> = parity.iter_mut().map(Vec::as_mut_slice).collect();
+            self.codec.encode(&inputs, &mut outputs).map_err(codec_error)?;
+            parity
+        };
+
+        let parity_start = if rs.full { 0 } else { hull.start };
+        let mut writes: Vec<(usize, u64, IoBuf)> = pieces.iter().map(|(shard, range, bytes)| (*shard, range.start, bytes.clone())).collect();
+        writes.extend(parity.iter().enumerate().map(|(j, p)| (k + j, parity_start, IoBuf::copy_from(p))));
+        let online: Vec<(usize, u64, IoBuf)> = writes
+            .into_iter()
+            .filter(|(shard, _, _)| legs.is_online(self.geometry.shard_leg(row, *shard)))
+            .collect();
+
+        let parity_pvs = self.parity_pvs(legs, row);
+        let key = self.row_key(legs, row);
+        let journaled = !parity_pvs.is_empty() && (!rs.full || self.journals.has_unretired(&parity_pvs, key));
+        let tickets = if journaled {
+            let entry = JournalEntry {
+                row: key,
+                writes: online
+                    .iter()
+                    .map(|(shard, in_unit, bytes)| {
+                        let leg = &legs.legs[self.geometry.shard_leg(row, *shard)];
+                        JournalWrite {
+                            pv: leg.pv,
+                            offset_bytes: leg.base_bytes + row * unit + in_unit,
+                            data: bytes.clone(),
+                        }
+                    })
+                    .collect(),
+            };
+            Some(self.journals.log(&parity_pvs, &entry).await?)
+        } else {
+            None
+        };
+        self.put(legs, row, online, flags).await;
+        if let Some(tickets) = tickets {
+            self.journals.completed(tickets);
+        }
+        self.check_tolerance(legs, row)
+    }
+
+    /// Reads a data span; a lost leg or a failing block is served from the
+    /// rest of the row.
+    async fn read_span(
+        &self,
+        legs: &Legs,
+        span: Span,
+        offset_bytes: u64,
+        part: IoBufMut,
+        check: Option<&dyn BlockCheck>,
+        repair: bool,
+    ) -> (BlockResult<ReadReport>, IoBufMut) {
+        let mut part = part;
+        if legs.is_online(span.leg) {
+            let (device, base) = legs.device(span.leg).expect("online");
+            let (result, back) = device.read_at(base + span.pe_offset_bytes, part).await;
+            part = back;
+            match result {
+                Ok(()) => {
+                    let bad = check.map(|c| failing_blocks(c, offset_bytes, &part)).unwrap_or_default();
+                    if bad.is_empty() {
+                        return (Ok(ReadReport::default()), part);
+                    }
+                }
+                Err(e) => legs.fail(span.leg, &e),
+            }
+        }
+        // Resolve the whole span from its row.
+        let in_unit = span.pe_offset_bytes % self.unit();
+        let _row = self.row_lock(legs, span.row).lock().await;
+        let column = self.read_column(legs, span.row, in_unit, span.len_bytes).await;
+        let mut report = ReadReport::default();
+        let mut rewrites: Vec<(usize, u64, IoBuf)> = Vec::new();
+        for at in (0..span.len_bytes as usize).step_by(BLOCK) {
+            match self.resolve(&column, span.row, in_unit, at, check) {
+                Verdict::Good { shards, wrong, adopted } => {
+                    part[at..at + BLOCK].copy_from_slice(&shards[span.shard]);
+                    report.mismatches += wrong.len() as u64;
+                    for shard in wrong {
+                        rewrites.push((shard, in_unit + at as u64, IoBuf::copy_from(&shards[shard])));
+                    }
+                    if adopted.contains(&span.shard) {
+                        report.adopted.push(offset_bytes + at as u64);
+                    }
+                }
+                Verdict::Unrecoverable => return (Err(unrecoverable(offset_bytes + at as u64)), part),
+            }
+        }
+        if repair && !rewrites.is_empty() {
+            self.put(legs, span.row, rewrites, WriteFlags::empty()).await;
+        }
+        (Ok(report), part)
+    }
+}
+
+/// Subsets of `parity` with at most `max` members, smallest first.
+fn parity_subsets(parity: &[usize], max: usize) -> Vec<Vec<usize>> {
+    let mut subsets = vec![Vec::new()];
+    for size in 1..=max.min(parity.len()) {
+        let mut indexes: Vec<usize> = (0..size).collect();
+        loop {
+            subsets.push(indexes.iter().map(|&i| parity[i]).collect());
+            let Some(i) = (0..size).rev().find(|&i| indexes[i] != i + parity.len() - size) else {
+                break;
+            };
+            indexes[i] += 1;
+            for j in i + 1..size {
+                indexes[j] = indexes[j - 1] + 1;
+            }
+        }
+    }
+    subsets
+}
+
+fn codec_error(err: crate::codec::CodecError) -> BlockError {
+    BlockError::with_source(ErrorKind::Io, "parity", err)
+}
+
+#[async_trait]
+impl Redundancy for Parity {
+    fn layout(&self) -> Layout {
+        self.geometry.layout()
+    }
+
+    fn extent_bytes(&self) -> u64 {
+        self.stripe().extent_bytes()
+    }
+
+    async fn read(
+        &self,
+        legs: &Legs,
+        offset_bytes: u64,
+        buf: IoBufMut,
+        check: Option<&dyn BlockCheck>,
+        repair: bool,
+    ) -> (BlockResult<ReadReport>, IoBufMut) {
+        let spans: Vec<Span> = self.stripe().spans(offset_bytes, buf.len() as u64).collect();
+        let (parts, rest) = split(buf, spans.iter().map(|s| s.len_bytes as usize));
+        let reads = spans.iter().zip(parts).map(|(span, part)| {
+            self.read_span(legs, *span, offset_bytes + span.request_offset_bytes, part, check, repair)
+        });
+        join(join_all(reads).await, rest)
+    }
+
+    async fn write(&self, legs: &Legs, offset_bytes: u64, data: IoBuf, flags: WriteFlags) -> BlockResult<()> {
+        let rows: Vec<RowSpan> = self.geometry.rows(offset_bytes, data.len() as u64).collect();
+        let writes = rows.into_iter().map(|rs| {
+            let bytes = data.slice(rs.request_offset_bytes as usize..(rs.request_offset_bytes + rs.len_bytes) as usize);
+            self.write_row(legs, rs, bytes, flags)
+        });
+        join_all(writes).await.into_iter().collect()
+    }
+
+    async fn write_zeroes(&self, legs: &Legs, offset_bytes: u64, len_bytes: u64) -> BlockResult<()> {
+        // Through the parity path: the row's parity must follow.
+        self.write(legs, offset_bytes, IoBuf::zeroed(len_bytes as usize), WriteFlags::empty())
+            .await
+    }
+
+    async fn release(&self, legs: &Legs, offset_bytes: u64, len_bytes: u64) -> BlockResult<()> {
+        // Punching part of a row would leave its parity describing data
+        // that is gone; only a whole extent (all of it zeroes afterwards,
+        // parity included) gives space back.
+        if offset_bytes != 0 || len_bytes != self.extent_bytes() {
+            return Ok(());
+        }
+        let discards = (0..self.shards()).map(|leg| async move {
+            if let Ok((device, base)) = legs.device(leg) {
+                if let Err(e) = device.discard(ByteRange::new(base, self.geometry.pe_bytes())).await {
+                    tracing::warn!("releasing space on PV id {}: {e}", legs.legs[leg].pv);
+                }
+            }
+        });
+        join_all(discards).await;
+        Ok(())
+    }
+
+    async fn rebuild_leg(
+        &self,
+        legs: &Legs,
+        leg: usize,
+        pe_offset_bytes: u64,
+        buf: IoBufMut,
+        check: Option<&dyn BlockCheck>,
+    ) -> BufResult<IoBufMut> {
+        let pieces: Vec<_> = self.stripe().leg_pieces(leg, pe_offset_bytes, buf.len() as u64).collect();
+        let (parts, rest) = split(buf, pieces.iter().map(|p| p.len_bytes as usize));
+        let mut results = Vec::with_capacity(parts.len());
+        for (piece, mut part) in pieces.iter().zip(parts) {
+            let in_unit = piece.pe_offset_bytes % self.unit();
+            let shard = match piece.content {
+                LegContent::Data { shard, .. } => shard,
+                LegContent::Parity { index } => self.k() + index,
+            };
+            let _row = self.row_lock(legs, piece.row).lock().await;
+            let column = self.read_column(legs, piece.row, in_unit, piece.len_bytes).await;
+            let mut outcome = Ok(ReadReport::default());
+            for at in (0..piece.len_bytes as usize).step_by(BLOCK) {
+                match self.resolve(&column, piece.row, in_unit, at, check) {
+                    Verdict::Good { shards, .. } => part[at..at + BLOCK].copy_from_slice(&shards[shard]),
+                    Verdict::Unrecoverable => {
+                        let offset = self.data_offset(piece.row, shard.min(self.k() - 1), in_unit + at as u64);
+                        outcome = Err(unrecoverable(offset));
+                        break;
+                    }
+                }
+            }
+            results.push((outcome, part));
+        }
+        let (result, buf) = join(results, rest);
+        (result.map(|_| ()), buf)
+    }
+
+    async fn scrub(
+        &self,
+        legs: &Legs,
+        offset_bytes: u64,
+        len_bytes: u64,
+        check: &dyn BlockCheck,
+        repair: bool,
+    ) -> BlockResult<ScrubReport> {
+        let mut report = ScrubReport::default();
+        let unit = self.unit();
+        // Whole units of every row the range touches.
+        let first_row = offset_bytes / self.geometry.row_bytes();
+        let end_row = (offset_bytes + len_bytes).div_ceil(self.geometry.row_bytes());
+        for row in first_row..end_row {
+            let _row = self.row_lock(legs, row).lock().await;
+            let column = self.read_column(legs, row, 0, unit).await;
+            let mut rewrites: Vec<(usize, u64, IoBuf)> = Vec::new();
+            for at in (0..unit as usize).step_by(BLOCK) {
+                report.blocks_checked += self.k() as u64;
+                match self.resolve(&column, row, 0, at, Some(check)) {
+                    Verdict::Good { shards, wrong, adopted } => {
+                        report.mismatches += wrong.len() as u64;
+                        for shard in wrong {
+                            rewrites.push((shard, at as u64, IoBuf::copy_from(&shards[shard])));
+                        }
+                        report.adopted.extend(adopted.iter().map(|&s| self.data_offset(row, s, at as u64)));
+                    }
+                    Verdict::Unrecoverable => report.unrecoverable += 1,
+                }
+            }
+            if repair && !rewrites.is_empty() {
+                let count = rewrites.len() as u64;
+                let failed = self.put(legs, row, rewrites, WriteFlags::empty()).await as u64;
+                report.repaired += count - failed;
+            }
+        }
+        Ok(report)
+    }
+
+    async fn barrier(&self) -> BlockResult<()> {
+        self.journals.checkpoint_all().await
+    }
+
+    async fn initialize(&self, legs: &Legs) -> BlockResult<()> {
+        // Zeroes on every leg: zero data, zero parity, every row consistent.
+        let zeroes = (0..self.shards()).map(|leg| async move {
+            let (device, base) = legs.device(leg)?;
+            device
+                .write_zeroes(ByteRange::new(base, self.geometry.pe_bytes()), blockvirt::ZeroFlags::empty())
+                .await
+        });
+        join_all(zeroes).await.into_iter().collect()
+    }
+}
