@@ -15,8 +15,8 @@ use blockvirt::{
     BlockDevice, BlockResult, BufResult, ByteRange, DeviceInfo, IoBuf, IoBufMut, StatusExtent,
     WriteFlags, ZeroFlags,
 };
-use metadata::PvId;
-use raid::journal::{JournalOptions, JournalSet};
+use metadata::{PeAddr, PvId};
+use raid::journal::{JournalEntry, JournalOptions, JournalSet, JournalWrite, RowKey};
 
 pub const BLOCK: u64 = 4096;
 
@@ -92,11 +92,64 @@ impl World {
             .expect("journals open")
     }
 
+    /// A write of `blocks` blocks of `pattern(tag)` at block `block` of
+    /// PV `pv`'s data area.
+    pub fn write(&self, pv: PvId, block: u64, tag: u64, blocks: u64) -> JournalWrite {
+        JournalWrite {
+            pv,
+            offset_bytes: self.pv(pv).data_offset_bytes + block * BLOCK,
+            data: pattern(tag, blocks * BLOCK),
+        }
+    }
+
+    /// The entry's in-place writes, done directly on the disks (not flushed).
+    pub async fn in_place(&self, entry: &JournalEntry) {
+        for w in &entry.writes {
+            let (result, _) = self
+                .pv(w.pv)
+                .disk
+                .write_at(w.offset_bytes, w.data.clone(), WriteFlags::empty())
+                .await;
+            result.expect("in-place write");
+        }
+    }
+
+    /// Whether the disk holds `w`'s bytes where `w` puts them.
+    pub fn holds(&self, w: &JournalWrite) -> bool {
+        self.pv(w.pv)
+            .disk
+            .stored(w.offset_bytes, w.data.len() as u64)
+            == w.data[..]
+    }
+
+    /// Whether the disk holds zeroes where `w` would write.
+    pub fn untouched(&self, w: &JournalWrite) -> bool {
+        self.pv(w.pv)
+            .disk
+            .stored(w.offset_bytes, w.data.len() as u64)
+            .iter()
+            .all(|&b| b == 0)
+    }
+
     /// Power loss on every disk at once.
     pub fn crash(&self) {
         for pv in &self.pvs {
             pv.disk.crash();
         }
+    }
+}
+
+pub fn row(row: u64) -> RowKey {
+    RowKey {
+        pe: PeAddr { pv: 1, pe: 0 },
+        row,
+    }
+}
+
+pub fn entry(row_index: u64, writes: Vec<JournalWrite>) -> JournalEntry {
+    JournalEntry {
+        row: row(row_index),
+        writes,
     }
 }
 
@@ -143,7 +196,8 @@ pub fn sleep_ms(ms: u64) -> tokio::time::Sleep {
     tokio::time::sleep(Duration::from_millis(ms))
 }
 
-/// Counts writes and flushes, and can hold flushes back until released.
+/// Counts writes and flushes, and can hold flushes or FUA writes back
+/// until released.
 #[derive(Debug)]
 pub struct Counting {
     inner: Arc<dyn BlockDevice>,
@@ -151,6 +205,8 @@ pub struct Counting {
     pub flushes: AtomicU64,
     /// Flushes pass while this is true.
     gate: tokio::sync::watch::Sender<bool>,
+    /// FUA writes pass while this is true.
+    fua_gate: tokio::sync::watch::Sender<bool>,
 }
 
 impl Counting {
@@ -160,6 +216,7 @@ impl Counting {
             writes: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
             gate: tokio::sync::watch::channel(true).0,
+            fua_gate: tokio::sync::watch::channel(true).0,
         })
     }
 
@@ -179,6 +236,11 @@ impl Counting {
     pub fn open_flushes(&self) {
         self.gate.send_replace(true);
     }
+
+    /// FUA writes wait from now on (forever: for tests that then crash).
+    pub fn hold_fua_writes(&self) {
+        self.fua_gate.send_replace(false);
+    }
 }
 
 #[async_trait]
@@ -192,6 +254,10 @@ impl BlockDevice for Counting {
     }
 
     async fn write_at(&self, offset_bytes: u64, buf: IoBuf, flags: WriteFlags) -> BufResult<IoBuf> {
+        if flags.contains(WriteFlags::FUA) {
+            let mut gate = self.fua_gate.subscribe();
+            let _ = gate.wait_for(|open| *open).await;
+        }
         self.writes.fetch_add(1, Ordering::SeqCst);
         self.inner.write_at(offset_bytes, buf, flags).await
     }
