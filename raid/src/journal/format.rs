@@ -269,9 +269,7 @@ fn seal(block: &mut [u8]) {
 
 /// CRC-32C of a payload given as pieces, as if they were one buffer.
 pub fn payload_crc<'a>(pieces: impl IntoIterator<Item = &'a [u8]>) -> u32 {
-    pieces
-        .into_iter()
-        .fold(0, crc32c::crc32c_append)
+    pieces.into_iter().fold(0, crc32c::crc32c_append)
 }
 
 fn put_u32(block: &mut [u8], at: usize, value: u32) {

@@ -423,15 +423,15 @@ impl JournalSet {
         let journals = self.inner.journals.read();
         let mut found = Vec::with_capacity(pvs.len());
         for pv in pvs {
-            if self.inner.pvs.is_failed(*pv) {
-                return Err(BlockError::new(
-                    ErrorKind::Io,
-                    format!("PV id {pv} has failed: no journal"),
-                ));
-            }
             let journal = journals.get(pv).ok_or_else(|| {
                 BlockError::new(ErrorKind::NotFound, format!("PV id {pv} has no journal"))
             })?;
+            if self.inner.pvs.is_failed(*pv) {
+                return Err(BlockError::new(
+                    ErrorKind::Io,
+                    format!("PV id {pv} has failed: its journal is unusable"),
+                ));
+            }
             found.push(journal.clone());
         }
         found.sort_by_key(|j| j.pv);
