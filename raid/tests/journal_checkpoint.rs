@@ -36,14 +36,26 @@ fn recover_after_crash(world: &World) -> raid::journal::RecoveryReport {
 
 /// Whether `w`'s bytes are durable on its disk (would survive a crash).
 fn durable(world: &World, w: &JournalWrite) -> bool {
-    world.pv(w.pv).disk.truth_durable(w.offset_bytes, w.data.len() as u64) == w.data[..]
+    world
+        .pv(w.pv)
+        .disk
+        .truth_durable(w.offset_bytes, w.data.len() as u64)
+        == w.data[..]
 }
 
 #[test]
 fn after_a_checkpoint_nothing_is_replayed_and_the_writes_are_durable() {
     let world = world(3);
     let entries: Vec<_> = (0..4)
-        .map(|i| entry(i, vec![world.write(2, i, 100 + i, 1), world.write(3, 2 * i, 200 + i, 2)]))
+        .map(|i| {
+            entry(
+                i,
+                vec![
+                    world.write(2, i, 100 + i, 1),
+                    world.write(3, 2 * i, 200 + i, 2),
+                ],
+            )
+        })
         .collect();
     runtime().block_on(async {
         let set = recovered(&world).await;
@@ -53,17 +65,28 @@ fn after_a_checkpoint_nothing_is_replayed_and_the_writes_are_durable() {
             set.completed(tickets);
         }
         // (Earlier ones may have been retired by a background checkpoint.)
-        assert!(!durable(&world, &entries[3].writes[0]), "in-place writes are not flushed yet");
+        assert!(
+            !durable(&world, &entries[3].writes[0]),
+            "in-place writes are not flushed yet"
+        );
         set.checkpoint_all().await.expect("checkpoint");
         for (i, e) in entries.iter().enumerate() {
             assert!(!set.has_unretired(&[1], row(i as u64)));
-            for w in &e.writes { assert!(durable(&world, w), "entry {i} write {w:?}: retired only once durable"); }
+            for w in &e.writes {
+                assert!(
+                    durable(&world, w),
+                    "entry {i} write {w:?}: retired only once durable"
+                );
+            }
         }
     });
     let report = recover_after_crash(&world);
     assert_eq!(report.entries_replayed, 0, "{report:?}");
     assert_eq!(report.journals[&1].entries_found, 0);
-    assert!(entries.iter().flat_map(|e| &e.writes).all(|w| world.holds(w)));
+    assert!(entries
+        .iter()
+        .flat_map(|e| &e.writes)
+        .all(|w| world.holds(w)));
 }
 
 #[test]
@@ -125,7 +148,10 @@ fn a_checkpoint_writes_no_header_before_the_targets_are_flushed() {
         set.completed(tickets);
         target.hold_flushes();
         let stalled = tokio::time::timeout(Duration::from_secs(10), set.checkpoint_all()).await;
-        assert!(stalled.is_err(), "the checkpoint waits for the target's flush");
+        assert!(
+            stalled.is_err(),
+            "the checkpoint waits for the target's flush"
+        );
         assert!(set.has_unretired(&[1], row(0)));
     });
     drop(rt);
@@ -194,8 +220,14 @@ fn a_full_ring_waits_for_room_and_never_fails() {
         }
         // With the ring full of entries whose tickets are held, a log waits
         // until one is handed back.
-        let first = set.log(&[1], &entry(0, vec![world.write(2, 0, 1, 6)])).await.expect("log");
-        let second = set.log(&[1], &entry(1, vec![world.write(2, 6, 2, 6)])).await.expect("log");
+        let first = set
+            .log(&[1], &entry(0, vec![world.write(2, 0, 1, 6)]))
+            .await
+            .expect("log");
+        let second = set
+            .log(&[1], &entry(1, vec![world.write(2, 6, 2, 6)]))
+            .await
+            .expect("log");
         let third = tokio::spawn({
             let set = set.clone();
             let e = entry(2, vec![world.write(2, 12, 3, 6)]);
@@ -270,18 +302,36 @@ fn entries_that_cannot_be_journaled_are_refused() {
             offset_bytes: world.pv(2).data_offset_bytes + 512,
             data: IoBuf::zeroed(BLOCK as usize),
         };
-        refuse(entry(0, vec![unaligned]), vec![1], ErrorKind::InvalidArgument).await;
+        refuse(
+            entry(0, vec![unaligned]),
+            vec![1],
+            ErrorKind::InvalidArgument,
+        )
+        .await;
         let short = JournalWrite {
             data: IoBuf::zeroed(100),
             ..w(0, 1)
         };
         refuse(entry(0, vec![short]), vec![1], ErrorKind::InvalidArgument).await;
-        refuse(entry(0, vec![w(0, 2), w(1, 1)]), vec![1], ErrorKind::InvalidArgument).await;
+        refuse(
+            entry(0, vec![w(0, 2), w(1, 1)]),
+            vec![1],
+            ErrorKind::InvalidArgument,
+        )
+        .await;
         refuse(entry(0, vec![w(0, 1)]), vec![], ErrorKind::InvalidArgument).await;
-        refuse(entry(0, vec![w(0, 1)]), vec![1, 1], ErrorKind::InvalidArgument).await;
+        refuse(
+            entry(0, vec![w(0, 1)]),
+            vec![1, 1],
+            ErrorKind::InvalidArgument,
+        )
+        .await;
         refuse(entry(0, vec![w(0, 1)]), vec![1, 9], ErrorKind::NotFound).await;
         // The largest entry fits, and nothing above left a trace.
-        let tickets = set.log(&[1, 3], &entry(0, vec![w(0, 6)])).await.expect("log");
+        let tickets = set
+            .log(&[1, 3], &entry(0, vec![w(0, 6)]))
+            .await
+            .expect("log");
         set.completed(tickets);
         assert!(!set.has_unretired(&[1], row(1)));
     });

@@ -209,24 +209,27 @@ impl JournalSet {
         regions: Vec<(PvId, ByteRange)>,
         options: JournalOptions,
     ) -> BlockResult<JournalSet> {
-        let mut journals = BTreeMap::new();
-        for (pv, region) in regions {
-            if journals.contains_key(&pv) {
+        // Every region is checked before anything is read or written.
+        let mut usable = Vec::with_capacity(regions.len());
+        for (i, &(pv, region)) in regions.iter().enumerate() {
+            if regions[..i].iter().any(|&(other, _)| other == pv) {
                 return Err(BlockError::new(
                     ErrorKind::InvalidArgument,
                     format!("journal of PV id {pv} given twice"),
                 ));
             }
-            let handle = match pvs.get(pv) {
-                Ok(handle) if !pvs.is_failed(pv) => handle,
-                _ => {
-                    tracing::warn!("PV id {pv} is failed or missing: its journal is not opened");
-                    continue;
+            match pvs.get(pv) {
+                Ok(handle) if !pvs.is_failed(pv) => {
+                    check_region(pv, handle.device.as_ref(), region)?;
+                    usable.push((pv, region, handle.device));
                 }
-            };
-            let header = open_region(pv, &handle.device, region).await?;
-            let journal = PvJournal::new(pv, handle.device, region, header, false);
-            journals.insert(pv, journal);
+                _ => tracing::warn!("PV id {pv} is failed or missing: its journal is not opened"),
+            }
+        }
+        let mut journals = BTreeMap::new();
+        for (pv, region, device) in usable {
+            let header = open_region(pv, &device, region).await?;
+            journals.insert(pv, PvJournal::new(pv, device, region, header, false));
         }
         let inner = Arc::new(Inner {
             pvs,
@@ -577,14 +580,13 @@ fn check_region(pv: PvId, device: &dyn BlockDevice, region: ByteRange) -> BlockR
     Ok(())
 }
 
-/// Reads the current header of a region, or formats the region if neither
-/// slot holds a valid one.
+/// Reads the current header of a region (already checked), or formats the
+/// region if neither slot holds a valid one.
 async fn open_region(
     pv: PvId,
     device: &Arc<dyn BlockDevice>,
     region: ByteRange,
 ) -> BlockResult<JournalHeader> {
-    check_region(pv, device.as_ref(), region)?;
     let slots = read_exact(
         device,
         pv,
