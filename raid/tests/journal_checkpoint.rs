@@ -327,6 +327,30 @@ fn entries_that_cannot_be_journaled_are_refused() {
         )
         .await;
         refuse(entry(0, vec![w(0, 1)]), vec![1, 9], ErrorKind::NotFound).await;
+        // In-place writes go to data areas only: not a journal, not a label,
+        // not an unknown PV.
+        let into_journal = JournalWrite {
+            offset_bytes: world.pv(2).region.offset_bytes,
+            ..w(0, 1)
+        };
+        refuse(
+            entry(0, vec![into_journal]),
+            vec![1],
+            ErrorKind::InvalidArgument,
+        )
+        .await;
+        let past_end = JournalWrite {
+            offset_bytes: DISK_BYTES - BLOCK,
+            ..w(0, 2)
+        };
+        refuse(
+            entry(0, vec![past_end]),
+            vec![1],
+            ErrorKind::InvalidArgument,
+        )
+        .await;
+        let unknown = JournalWrite { pv: 9, ..w(0, 1) };
+        refuse(entry(0, vec![unknown]), vec![1], ErrorKind::InvalidArgument).await;
         // The largest entry fits, and nothing above left a trace.
         let tickets = set
             .log(&[1, 3], &entry(0, vec![w(0, 6)]))

@@ -297,6 +297,65 @@ fn a_newer_format_is_refused_and_left_as_it_is() {
 }
 
 #[test]
+fn an_entry_with_a_target_outside_its_data_area_is_not_replayed_at_all() {
+    let world = world(3);
+    let e = entry(0, vec![world.write(2, 0, 1, 1), world.write(3, 0, 2, 1)]);
+    runtime().block_on(async {
+        let set = recovered(&world).await;
+        let _tickets = set.log(&[1], &e).await.expect("log");
+    });
+    world.crash();
+    // PV 3 comes back with its data area starting later (a journal that does
+    // not match the PVs it names).
+    let report = runtime().block_on(async {
+        let pvs = world.pv_set();
+        pvs.insert(
+            3,
+            PvHandle {
+                device: world.pv(3).disk.clone(),
+                data_offset_bytes: world.pv(3).data_offset_bytes + BLOCK,
+            },
+            false,
+        );
+        let set = world.open(pvs).await;
+        set.recover().await.expect("recover")
+    });
+    assert_eq!(
+        (report.entries_replayed, report.entries_invalid),
+        (0, 1),
+        "{report:?}"
+    );
+    assert!(world.untouched(&e.writes[0]) && world.untouched(&e.writes[1]));
+}
+
+#[test]
+fn a_header_whose_tail_is_outside_the_ring_is_refused() {
+    let world = world(1);
+    let rt = runtime();
+    rt.block_on(recovered(&world));
+    let disk = &world.pv(1).disk;
+    let at = world.pv(1).region.offset_bytes + BLOCK;
+    let mut block = disk.stored(at, BLOCK);
+    block[64..72].copy_from_slice(&REGION_BYTES.to_le_bytes());
+    let crc = crc32c::crc32c(&block[..4092]);
+    block[4092..].copy_from_slice(&crc.to_le_bytes());
+    rt.block_on(async {
+        let (result, _) = disk
+            .write_at(at, blockvirt::IoBuf::copy_from(&block), WriteFlags::FUA)
+            .await;
+        result.expect("write");
+    });
+    let err = rt
+        .block_on(JournalSet::open_with(
+            world.pv_set(),
+            world.regions(),
+            no_periodic(),
+        ))
+        .expect_err("bad tail");
+    assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+}
+
+#[test]
 fn recovery_runs_once_and_logging_waits_for_it() {
     let world = world(2);
     runtime().block_on(async {

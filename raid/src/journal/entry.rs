@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
+use blockvirt::volume::{PvHandle, PvSet};
 use blockvirt::{BlockError, BlockResult, ErrorKind, IoBuf};
 use metadata::{PeAddr, PvId};
 
@@ -112,6 +113,43 @@ impl JournalEntry {
     }
 }
 
+/// Whether `len_bytes` at `offset_bytes` lies in the PV's data area: the
+/// only place in-place writes go (never its label or its journal).
+pub(super) fn in_data_area(handle: &PvHandle, offset_bytes: u64, len_bytes: u64) -> bool {
+    offset_bytes >= handle.data_offset_bytes
+        && offset_bytes
+            .checked_add(len_bytes)
+            .is_some_and(|end| end <= handle.device.info().size_bytes)
+}
+
+/// Checks that every write of `entry` goes to the data area of a known PV.
+pub(super) fn validate_targets(pvs: &PvSet, entry: &JournalEntry) -> BlockResult<()> {
+    for w in &entry.writes {
+        let handle = pvs.get(w.pv).map_err(|_| {
+            BlockError::new(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "journal entry for {:?}: PV id {} is not open",
+                    entry.row, w.pv
+                ),
+            )
+        })?;
+        if !in_data_area(&handle, w.offset_bytes, w.data.len() as u64) {
+            return Err(BlockError::new(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "journal entry for {:?}: write at {}+{} is outside the data area of PV id {}",
+                    entry.row,
+                    w.offset_bytes,
+                    w.data.len(),
+                    w.pv
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Checks the PVs an entry is logged on: at least one, no repeats.
 pub(super) fn validate_journal_pvs(pvs: &[PvId]) -> BlockResult<()> {
     let distinct: HashSet<PvId> = pvs.iter().copied().collect();
@@ -135,8 +173,8 @@ pub struct RecoveryReport {
     pub bytes_replayed: u64,
     /// In-place writes not replayed because their PV is failed or absent.
     pub writes_skipped: u64,
-    /// Entries whose checksums held but whose targets lie outside their
-    /// device; never replayed (a bug or a foreign journal, logged).
+    /// Entries whose checksums held but with a target outside its PV's data
+    /// area; never replayed (a bug or a foreign journal; logged).
     pub entries_invalid: u64,
     /// Per journal, by PV.
     pub journals: BTreeMap<PvId, JournalRecovery>,

@@ -311,6 +311,7 @@ impl JournalSet {
         }
         entry.validate()?;
         entry::validate_journal_pvs(pvs)?;
+        entry::validate_targets(&self.inner.pvs, entry)?;
         let journals = self.journals_of(pvs)?;
         let len_bytes = entry.entry_bytes();
         for journal in &journals {
@@ -623,7 +624,20 @@ async fn open_region(
             Err(_) => {}
         }
     }
+    let capacity = region.len_bytes - HEADER_AREA_BYTES;
     match current {
+        Some(header)
+            if header.tail_offset_bytes >= capacity
+                || !header.tail_offset_bytes.is_multiple_of(BLOCK_BYTES) =>
+        {
+            Err(BlockError::new(
+                ErrorKind::Corrupt,
+                format!(
+                    "journal of PV id {pv}: tail at ring offset {} of a {capacity}-byte ring",
+                    header.tail_offset_bytes
+                ),
+            ))
+        }
         Some(header) => Ok(header),
         None => {
             tracing::info!("PV id {pv}: no journal in its region; formatting one");

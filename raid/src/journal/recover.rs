@@ -37,7 +37,7 @@ use futures::future::join_all;
 use metadata::PvId;
 
 use super::checkpoint::flush_targets;
-use super::entry::{JournalRecovery, RecoveryReport};
+use super::entry::{in_data_area, JournalRecovery, RecoveryReport};
 use super::format::EntryHeader;
 use super::io::write_all;
 use super::pv_journal::PvJournal;
@@ -157,7 +157,7 @@ async fn read_one_copy<'a>(
 }
 
 /// Writes one entry's bytes in place. Targets on failed or absent PVs are
-/// skipped; a target outside its device makes the whole entry invalid
+/// skipped; a target outside its PV's data area makes the whole entry invalid
 /// (checked before anything is written); a target PV that fails a write
 /// is marked failed, as in normal operation.
 async fn replay(
@@ -180,13 +180,10 @@ async fn replay(
             report.writes_skipped += 1;
             continue;
         };
-        let fits = target
-            .offset_bytes
-            .checked_add(target.len_bytes)
-            .is_some_and(|end| end <= handle.device.info().size_bytes);
+        let fits = in_data_area(&handle, target.offset_bytes, target.len_bytes);
         if !fits {
             tracing::error!(
-                "journal entry id {} for {:?}: write at {}+{} is outside PV id {}; entry not replayed",
+                "journal entry id {} for {:?}: write at {}+{} is outside the data area of PV id {}; entry not replayed",
                 entry.id,
                 entry.row,
                 target.offset_bytes,
