@@ -45,8 +45,9 @@
 //! journal. An entry is whole blocks and never straddles the end of the
 //! ring: one that does not fit before the end starts at ring offset 0 and
 //! the skipped gap counts as its own (no wrap marker; `ring.rs` says why).
-//! An entry larger than half the ring is refused (the layout writes row by
-//! row; with the smallest region, 1 MiB, that is 508 KiB per row).
+//! An entry larger than half the ring is refused: 508 KiB in the smallest
+//! (1 MiB) region. Parity is byte-wise, so a layout can split a row's
+//! update by byte range within the unit when a whole row is larger.
 //!
 //! - **generation**: random, chosen when a region is formatted; entries of
 //!   an earlier journal in the same place never count.
