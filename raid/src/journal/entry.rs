@@ -5,10 +5,10 @@
 use std::collections::{BTreeMap, HashSet};
 
 use blockvirt::volume::{PvHandle, PvSet};
-use blockvirt::{BlockError, BlockResult, ErrorKind, IoBuf};
+use blockvirt::{BlockError, BlockResult, ErrorKind, IoBuf, IoBufMut};
 use metadata::{PeAddr, PvId};
 
-use super::format::{payload_crc, Target, BLOCK_BYTES, MAX_WRITES};
+use super::format::{payload_crc, EntryHeader, Target, BLOCK_BYTES, MAX_WRITES};
 
 /// A stable name for one row of one placed extent, chosen by the layout:
 /// the first leg's PE and the row index within it. Only compared for
@@ -64,6 +64,19 @@ impl JournalEntry {
         pvs.sort_unstable();
         pvs.dedup();
         pvs
+    }
+
+    /// The entry as written to one journal: `header` (that journal's
+    /// generation and sequence), then the payload.
+    pub(super) fn encode(&self, header: &EntryHeader) -> IoBuf {
+        let mut buf = IoBufMut::zeroed(self.entry_bytes() as usize);
+        header.encode_into(&mut buf[..BLOCK_BYTES as usize]);
+        let mut at = BLOCK_BYTES as usize;
+        for write in &self.writes {
+            buf[at..at + write.data.len()].copy_from_slice(&write.data);
+            at += write.data.len();
+        }
+        buf.freeze()
     }
 
     pub(super) fn payload_crc(&self) -> u32 {

@@ -92,6 +92,7 @@ mod format;
 mod io;
 mod pv_journal;
 mod recover;
+mod region;
 mod ring;
 mod scan;
 #[cfg(test)]
@@ -103,18 +104,16 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use blockvirt::volume::PvSet;
-use blockvirt::{
-    BlockDevice, BlockError, BlockResult, ByteRange, ErrorKind, IoBuf, IoBufMut, WriteFlags,
-};
+use blockvirt::{BlockError, BlockResult, ByteRange, ErrorKind};
 use futures::future::{join_all, select_all};
 use metadata::PvId;
 use parking_lot::{Mutex, RwLock};
 use tokio::task::JoinHandle;
 
 use self::checkpoint::Retire;
-use self::format::{DecodeError, EntryHeader, JournalHeader, BLOCK_BYTES, HEADER_AREA_BYTES};
-use self::io::{read_exact, write_all};
+use self::format::{EntryHeader, BLOCK_BYTES, HEADER_AREA_BYTES};
 use self::pv_journal::{PvJournal, Ticket};
+use self::region::{check_region, format_region, open_region};
 use self::ring::max_entry_bytes;
 
 pub use self::entry::{JournalEntry, JournalRecovery, JournalWrite, RecoveryReport, RowKey};
@@ -288,14 +287,14 @@ impl JournalSet {
                 "journal recovery runs once, at start",
             ));
         }
-        let result = recover::recover(&self.inner.pvs, &self.journals()).await;
-        if let Ok(report) = &result {
-            self.inner.epoch.store(report.epoch, Ordering::Release);
-            self.inner.next_id.store(0, Ordering::Release);
-            self.inner.recovered.store(true, Ordering::Release);
-        }
-        self.inner.recovering.store(false, Ordering::Release);
-        result
+        // Cleared however this ends (error, or the caller giving up), so
+        // recovery can run again.
+        let _running = ClearOnDrop(&self.inner.recovering);
+        let report = recover::recover(&self.inner.pvs, &self.journals()).await?;
+        self.inner.epoch.store(report.epoch, Ordering::Release);
+        self.inner.next_id.store(0, Ordering::Release);
+        self.inner.recovered.store(true, Ordering::Release);
+        Ok(report)
     }
 
     /// Logs `entry` durably on the journals of `pvs` (the row's parity
@@ -345,7 +344,7 @@ impl JournalSet {
         for (journal, (seq, placement)) in journals.iter().zip(reserved) {
             header.generation = journal.lock().header.generation;
             header.seq = seq;
-            let buf = encode_entry(&header, entry);
+            let buf = entry.encode(&header);
             appends.push(tokio::spawn(journal.clone().append(
                 seq,
                 placement.offset_bytes,
@@ -400,8 +399,9 @@ impl JournalSet {
     }
 
     /// Retires every entry logged before the call on every journal of an
-    /// online PV, waiting for their in-place writes to complete, and
-    /// returns once the new tails are durable.
+    /// online PV, waiting for their in-place writes to complete (tickets
+    /// not handed back keep it waiting), and returns once the new tails are
+    /// durable.
     pub async fn checkpoint_all(&self) -> BlockResult<()> {
         let pvs = &self.inner.pvs;
         let journals: Vec<_> = self
@@ -516,16 +516,12 @@ impl JournalSet {
     }
 }
 
-/// One entry as written to one journal: header block, then the payload.
-fn encode_entry(header: &EntryHeader, entry: &JournalEntry) -> IoBuf {
-    let mut buf = IoBufMut::zeroed(entry.entry_bytes() as usize);
-    header.encode_into(&mut buf[..BLOCK_BYTES as usize]);
-    let mut at = BLOCK_BYTES as usize;
-    for write in &entry.writes {
-        buf[at..at + write.data.len()].copy_from_slice(&write.data);
-        at += write.data.len();
+struct ClearOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for ClearOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
     }
-    buf.freeze()
 }
 
 /// Checkpoints every usable journal every `interval`, until the set is dropped.
@@ -559,134 +555,4 @@ fn spawn_periodic(set: Weak<Inner>, interval: Duration) -> JoinHandle<()> {
             }
         }
     })
-}
-
-/// Refuses a region that is unaligned, too small or outside the device.
-fn check_region(pv: PvId, device: &dyn BlockDevice, region: ByteRange) -> BlockResult<()> {
-    let inside = region
-        .end_bytes()
-        .is_some_and(|end| end <= device.info().size_bytes);
-    if !region.offset_bytes.is_multiple_of(BLOCK_BYTES)
-        || !region.len_bytes.is_multiple_of(BLOCK_BYTES)
-        || region.len_bytes < MIN_REGION_BYTES
-        || !inside
-    {
-        return Err(BlockError::new(
-            ErrorKind::InvalidArgument,
-            format!(
-                "journal region {}+{} of PV id {pv}: needs whole 4 KiB blocks, at least {MIN_REGION_BYTES} bytes, inside the device",
-                region.offset_bytes, region.len_bytes
-            ),
-        ));
-    }
-    Ok(())
-}
-
-/// Reads the current header of a region (already checked), or formats the
-/// region if neither slot holds a valid one.
-async fn open_region(
-    pv: PvId,
-    device: &Arc<dyn BlockDevice>,
-    region: ByteRange,
-) -> BlockResult<JournalHeader> {
-    let slots = read_exact(
-        device,
-        pv,
-        "journal header read",
-        region.offset_bytes,
-        HEADER_AREA_BYTES,
-    )
-    .await?;
-    let mut current: Option<JournalHeader> = None;
-    for block in slots.chunks(BLOCK_BYTES as usize) {
-        match JournalHeader::decode(block) {
-            Ok(header) => {
-                if header.pv != pv || header.region_bytes != region.len_bytes {
-                    return Err(BlockError::new(
-                        ErrorKind::Corrupt,
-                        format!(
-                            "journal region of PV id {pv} ({} bytes) holds the journal of PV id {} ({} bytes)",
-                            region.len_bytes, header.pv, header.region_bytes
-                        ),
-                    ));
-                }
-                if current.is_none_or(|c| header.header_seq > c.header_seq) {
-                    current = Some(header);
-                }
-            }
-            Err(DecodeError::UnsupportedVersion(version)) => {
-                return Err(BlockError::new(
-                    ErrorKind::Unsupported,
-                    format!("journal of PV id {pv} has format version {version}; this build reads {FORMAT_VERSION}"),
-                ));
-            }
-            // A slot never written, or torn while being written: the other
-            // slot holds the header from before that write.
-            Err(_) => {}
-        }
-    }
-    let capacity = region.len_bytes - HEADER_AREA_BYTES;
-    match current {
-        Some(header)
-            if header.tail_offset_bytes >= capacity
-                || !header.tail_offset_bytes.is_multiple_of(BLOCK_BYTES) =>
-        {
-            Err(BlockError::new(
-                ErrorKind::Corrupt,
-                format!(
-                    "journal of PV id {pv}: tail at ring offset {} of a {capacity}-byte ring",
-                    header.tail_offset_bytes
-                ),
-            ))
-        }
-        Some(header) => Ok(header),
-        None => {
-            tracing::info!("PV id {pv}: no journal in its region; formatting one");
-            format_region(pv, device, region, 0).await
-        }
-    }
-}
-
-/// Writes an empty journal: slot 0 holds the header, slot 1 is cleared so
-/// no older header there can win.
-async fn format_region(
-    pv: PvId,
-    device: &Arc<dyn BlockDevice>,
-    region: ByteRange,
-    epoch: u64,
-) -> BlockResult<JournalHeader> {
-    let header = JournalHeader {
-        pv,
-        region_bytes: region.len_bytes,
-        generation: random_generation(pv),
-        epoch,
-        header_seq: 0,
-        tail_seq: 0,
-        tail_offset_bytes: 0,
-    };
-    let mut slots = IoBufMut::zeroed(HEADER_AREA_BYTES as usize);
-    slots[..BLOCK_BYTES as usize].copy_from_slice(&header.encode());
-    write_all(
-        device,
-        pv,
-        "journal format",
-        region.offset_bytes,
-        slots.freeze(),
-        WriteFlags::FUA,
-    )
-    .await?;
-    Ok(header)
-}
-
-/// A generation unlikely to equal that of any journal written before in
-/// the same place: the process's random hash keys, the time and the PV.
-fn random_generation(pv: PvId) -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u64(pv);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    hasher.write_u128(now);
-    hasher.finish()
 }

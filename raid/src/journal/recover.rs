@@ -30,6 +30,7 @@
 //! entries to replay again (replay is idempotent) or durable results.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use blockvirt::volume::PvSet;
 use blockvirt::{BlockError, BlockResult, ErrorKind, IoBuf, WriteFlags};
@@ -42,7 +43,6 @@ use super::format::EntryHeader;
 use super::io::write_all;
 use super::pv_journal::PvJournal;
 use super::scan::{Found, Scan};
-use std::sync::Arc;
 
 /// Recovers `journals` (sorted by PV); returns the report and the new epoch.
 pub(super) async fn recover(
