@@ -1,14 +1,16 @@
 //! Blockvirt's redundancy: stripe geometry and erasure codecs (pure, and
-//! tested exhaustively), and the layouts that drive a placed extent's legs
-//! with them.
+//! tested exhaustively), the stripe journal that closes the parity write
+//! hole (tested on simulated disks that crash), and the layouts that drive
+//! a placed extent's legs with them.
 //!
 //! - [`layout`]: the layouts (linear, raid0/1/10, raid5, ec K+M) and their
 //!   validation.
 //! - [`geometry`]: where each user byte of a placed extent lives, and what
 //!   each leg byte holds.
 //! - [`codec`]: XOR and Reed-Solomon parity: encode, reconstruct, update.
+//! - [`journal`]: the stripe journal of parity rows (log, write in place,
+//!   retire; replay after a crash).
 //! - [`io`]: the layouts as block I/O over a placed extent's legs.
-//! - [`journal`]: the stripe journal that closes the parity write hole.
 
 pub mod codec;
 pub mod geometry;

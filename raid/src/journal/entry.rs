@@ -1,0 +1,210 @@
+//! What callers hand the journal (an entry: a row's in-place writes) and
+//! what recovery reports. Owns the checks an entry passes before anything
+//! is written.
+
+use std::collections::{BTreeMap, HashSet};
+
+use blockvirt::volume::{PvHandle, PvSet};
+use blockvirt::{BlockError, BlockResult, ErrorKind, IoBuf, IoBufMut};
+use metadata::{PeAddr, PvId};
+
+use super::format::{payload_crc, EntryHeader, Target, BLOCK_BYTES, MAX_WRITES};
+
+/// A stable name for one row of one placed extent, chosen by the layout:
+/// the first leg's PE and the row index within it. Only compared for
+/// equality (`has_unretired`) and kept in entries for diagnosis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RowKey {
+    pub pe: PeAddr,
+    pub row: u64,
+}
+
+/// One in-place write: `data` goes to `offset_bytes` of PV `pv`'s device
+/// (an absolute device offset, not relative to the PV's data area). Offset
+/// and length are multiples of 4 KiB.
+#[derive(Debug, Clone)]
+pub struct JournalWrite {
+    pub pv: PvId,
+    pub offset_bytes: u64,
+    pub data: IoBuf,
+}
+
+/// Every byte one row update is about to write in place: new data ranges
+/// and new parity ranges.
+#[derive(Debug, Clone)]
+pub struct JournalEntry {
+    pub row: RowKey,
+    pub writes: Vec<JournalWrite>,
+}
+
+impl JournalEntry {
+    pub fn payload_bytes(&self) -> u64 {
+        self.writes.iter().map(|w| w.data.len() as u64).sum()
+    }
+
+    /// Bytes the entry takes in a journal: one header block and the payload.
+    pub fn entry_bytes(&self) -> u64 {
+        BLOCK_BYTES + self.payload_bytes()
+    }
+
+    pub(super) fn targets(&self) -> Vec<Target> {
+        self.writes
+            .iter()
+            .map(|w| Target {
+                pv: w.pv,
+                offset_bytes: w.offset_bytes,
+                len_bytes: w.data.len() as u64,
+            })
+            .collect()
+    }
+
+    /// The distinct PVs written in place, sorted.
+    pub(super) fn target_pvs(&self) -> Vec<PvId> {
+        let mut pvs: Vec<PvId> = self.writes.iter().map(|w| w.pv).collect();
+        pvs.sort_unstable();
+        pvs.dedup();
+        pvs
+    }
+
+    /// The entry as written to one journal: `header` (that journal's
+    /// generation and sequence), then the payload.
+    pub(super) fn encode(&self, header: &EntryHeader) -> IoBuf {
+        let mut buf = IoBufMut::zeroed(self.entry_bytes() as usize);
+        header.encode_into(&mut buf[..BLOCK_BYTES as usize]);
+        let mut at = BLOCK_BYTES as usize;
+        for write in &self.writes {
+            buf[at..at + write.data.len()].copy_from_slice(&write.data);
+            at += write.data.len();
+        }
+        buf.freeze()
+    }
+
+    pub(super) fn payload_crc(&self) -> u32 {
+        payload_crc(self.writes.iter().map(|w| &w.data[..]))
+    }
+
+    /// Refuses what cannot be journaled: no writes, too many, unaligned,
+    /// empty or overlapping ranges (replay order inside one entry would
+    /// then matter, and the layout never means that).
+    pub(super) fn validate(&self) -> BlockResult<()> {
+        let invalid = |why: String| {
+            Err(BlockError::new(
+                ErrorKind::InvalidArgument,
+                format!("journal entry for {:?}: {why}", self.row),
+            ))
+        };
+        if self.writes.is_empty() || self.writes.len() > MAX_WRITES {
+            return invalid(format!(
+                "{} writes (1 to {MAX_WRITES} allowed)",
+                self.writes.len()
+            ));
+        }
+        let mut ranges: Vec<(PvId, u64, u64)> = Vec::with_capacity(self.writes.len());
+        for w in &self.writes {
+            let len = w.data.len() as u64;
+            if len == 0
+                || !len.is_multiple_of(BLOCK_BYTES)
+                || !w.offset_bytes.is_multiple_of(BLOCK_BYTES)
+            {
+                return invalid(format!(
+                    "write of {len} bytes at {} on PV id {} is not whole 4 KiB blocks",
+                    w.offset_bytes, w.pv
+                ));
+            }
+            let Some(end) = w.offset_bytes.checked_add(len) else {
+                return invalid(format!("write at {} overflows", w.offset_bytes));
+            };
+            ranges.push((w.pv, w.offset_bytes, end));
+        }
+        ranges.sort_unstable();
+        for pair in ranges.windows(2) {
+            if pair[0].0 == pair[1].0 && pair[1].1 < pair[0].2 {
+                return invalid(format!("writes overlap on PV id {}", pair[0].0));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether `len_bytes` at `offset_bytes` lies in the PV's data area: the
+/// only place in-place writes go (never its label or its journal).
+pub(super) fn in_data_area(handle: &PvHandle, offset_bytes: u64, len_bytes: u64) -> bool {
+    offset_bytes >= handle.data_offset_bytes
+        && offset_bytes
+            .checked_add(len_bytes)
+            .is_some_and(|end| end <= handle.device.info().size_bytes)
+}
+
+/// Checks that every write of `entry` goes to the data area of a known PV.
+pub(super) fn validate_targets(pvs: &PvSet, entry: &JournalEntry) -> BlockResult<()> {
+    for w in &entry.writes {
+        let handle = pvs.get(w.pv).map_err(|_| {
+            BlockError::new(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "journal entry for {:?}: PV id {} is not open",
+                    entry.row, w.pv
+                ),
+            )
+        })?;
+        if !in_data_area(&handle, w.offset_bytes, w.data.len() as u64) {
+            return Err(BlockError::new(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "journal entry for {:?}: write at {}+{} is outside the data area of PV id {}",
+                    entry.row,
+                    w.offset_bytes,
+                    w.data.len(),
+                    w.pv
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks the PVs an entry is logged on: at least one, no repeats.
+pub(super) fn validate_journal_pvs(pvs: &[PvId]) -> BlockResult<()> {
+    let distinct: HashSet<PvId> = pvs.iter().copied().collect();
+    if pvs.is_empty() || distinct.len() != pvs.len() {
+        return Err(BlockError::new(
+            ErrorKind::InvalidArgument,
+            format!("journal PVs {pvs:?}: need at least one, each once"),
+        ));
+    }
+    Ok(())
+}
+
+/// What [`JournalSet::recover`](super::JournalSet::recover) did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// The epoch the journals start with from now on.
+    pub epoch: u64,
+    /// Distinct entries replayed (an entry logged on M journals counts once).
+    pub entries_replayed: u64,
+    /// Bytes written in place by the replay.
+    pub bytes_replayed: u64,
+    /// In-place writes not replayed because their PV is failed or absent.
+    pub writes_skipped: u64,
+    /// Entries whose checksums held but with a target outside its PV's data
+    /// area; never replayed (a bug or a foreign journal; logged).
+    pub entries_invalid: u64,
+    /// Per journal, by PV.
+    pub journals: BTreeMap<PvId, JournalRecovery>,
+}
+
+/// One journal's part in a recovery.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JournalRecovery {
+    /// False when the PV was failed or absent: its journal was not read.
+    pub read: bool,
+    /// Valid entries found from the tail on.
+    pub entries_found: u64,
+    /// Entries found but left alone because an earlier recovery already
+    /// replayed them (their epoch is older than the newest journal's).
+    pub entries_stale: u64,
+    /// The scan stopped at a block that was a started entry (the magic was
+    /// there) but not a valid next one: an entry torn by the crash, never
+    /// acknowledged. 0 or 1.
+    pub torn_entries: u64,
+}

@@ -1,0 +1,224 @@
+//! Recovery: replaying every unretired entry of every journal onto its
+//! targets, then starting every journal empty in a new epoch.
+//!
+//! ```text
+//!  scan each readable journal ─▶ keep the newest epoch's entries ─▶ merge copies by entry id
+//!    ─▶ replay in id order (one entry's writes done before the next) ─▶ flush targets
+//!    ─▶ per journal: header {epoch + 1, tail = after the last entry} (FUA)
+//! ```
+//!
+//! Why the id order: an entry is logged on the journals of all of its
+//! row's parity PVs, and a crash can leave the newest entry of a row
+//! durable on one copy and torn on another. Replaying journal after journal
+//! would then write the row's newest entry and afterwards an older one from
+//! the other journal, mixing two versions of the row. Ids are handed out
+//! when `log` starts, and a layout logs a row's next entry only after the
+//! previous one returned, so id order is each row's order, and replaying
+//! the merged set in that order ends every row at its newest entry.
+//!
+//! Why the epoch: recovery cannot rewrite all headers at once. If it
+//! crashes after emptying some journals, the next recovery must not replay
+//! the old entries still in the others: an older copy would roll a row
+//! back to a mix. Each recovery raises the epoch, and only entries of the
+//! newest epoch found on any readable journal are replayed; older ones were
+//! replayed (and flushed) by the recovery that raised it. The same rule
+//! ignores the journal of a PV that was missing at the last start and came
+//! back: its rows have been written since.
+//!
+//! Crash-ordering rule: targets are flushed after the replay and before
+//! any header is rewritten, so a crash anywhere leaves either the old
+//! entries to replay again (replay is idempotent) or durable results.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use blockvirt::volume::PvSet;
+use blockvirt::{BlockError, BlockResult, ErrorKind, IoBuf, WriteFlags};
+use futures::future::join_all;
+use metadata::PvId;
+
+use super::checkpoint::flush_targets;
+use super::entry::{in_data_area, JournalRecovery, RecoveryReport};
+use super::format::EntryHeader;
+use super::io::write_all;
+use super::pv_journal::PvJournal;
+use super::scan::{Found, Scan};
+
+/// Recovers `journals` (sorted by PV); returns the report and the new epoch.
+pub(super) async fn recover(
+    pvs: &PvSet,
+    journals: &[Arc<PvJournal>],
+) -> BlockResult<RecoveryReport> {
+    // No checkpoint may run on any journal meanwhile.
+    let mut turns = Vec::with_capacity(journals.len());
+    for journal in journals {
+        turns.push(journal.checkpoint_lock.lock().await);
+    }
+    let mut report = RecoveryReport::default();
+    let mut scans: Vec<(&Arc<PvJournal>, Scan)> = Vec::new();
+    for journal in journals {
+        let mut part = JournalRecovery::default();
+        if !pvs.is_failed(journal.pv) {
+            let header = journal.lock().header;
+            let scan = journal.scan(&header).await?;
+            part.read = true;
+            part.entries_found = scan.entries.len() as u64;
+            part.torn_entries = u64::from(scan.torn);
+            scans.push((journal, scan));
+        }
+        report.journals.insert(journal.pv, part);
+    }
+    let newest = scans
+        .iter()
+        .map(|(j, _)| j.lock().header.epoch)
+        .max()
+        .unwrap_or(0);
+
+    // Entry id -> its copies.
+    let mut copies: BTreeMap<u64, Vec<(&Arc<PvJournal>, &Found)>> = BTreeMap::new();
+    for (journal, scan) in &scans {
+        if journal.lock().header.epoch != newest {
+            if let Some(part) = report.journals.get_mut(&journal.pv) {
+                part.entries_stale = scan.entries.len() as u64;
+            }
+            continue;
+        }
+        for found in &scan.entries {
+            copies
+                .entry(found.header.id)
+                .or_default()
+                .push((journal, found));
+        }
+    }
+
+    let mut touched = BTreeSet::new();
+    for (id, copies) in &copies {
+        let (header, payload) = read_one_copy(*id, copies).await?;
+        replay(pvs, header, &payload, &mut report, &mut touched).await;
+    }
+    let touched: Vec<PvId> = touched.into_iter().collect();
+    flush_targets(pvs, &touched).await;
+
+    report.epoch = newest + 1;
+    for (journal, scan) in &scans {
+        let header = {
+            let state = journal.lock();
+            super::format::JournalHeader {
+                epoch: report.epoch,
+                header_seq: state.header.header_seq + 1,
+                tail_seq: scan.next_seq,
+                tail_offset_bytes: 0,
+                ..state.header
+            }
+        };
+        let block = IoBuf::copy_from(&header.encode());
+        let at = journal.header_device_offset(header.slot());
+        if let Err(e) = write_all(
+            &journal.device,
+            journal.pv,
+            "journal header write",
+            at,
+            block,
+            WriteFlags::FUA,
+        )
+        .await
+        {
+            journal.poison(&e);
+            return Err(e);
+        }
+        journal.lock().reset(header);
+        journal.bump();
+    }
+    drop(turns);
+    Ok(report)
+}
+
+/// The first copy of an entry that still reads back whole.
+async fn read_one_copy<'a>(
+    id: u64,
+    copies: &[(&Arc<PvJournal>, &'a Found)],
+) -> BlockResult<(&'a EntryHeader, IoBuf)> {
+    for (journal, found) in copies {
+        if let Some(payload) = journal
+            .read_payload(found.offset_bytes, &found.header)
+            .await?
+        {
+            return Ok((&found.header, payload));
+        }
+        tracing::warn!(
+            "journal on PV id {}: entry id {id} changed since the scan",
+            journal.pv
+        );
+    }
+    Err(BlockError::new(
+        ErrorKind::Corrupt,
+        format!("journal entry id {id}: no copy reads back as scanned"),
+    ))
+}
+
+/// Writes one entry's bytes in place. Targets on failed or absent PVs are
+/// skipped; a target outside its PV's data area makes the whole entry invalid
+/// (checked before anything is written); a target PV that fails a write
+/// is marked failed, as in normal operation.
+async fn replay(
+    pvs: &PvSet,
+    entry: &EntryHeader,
+    payload: &IoBuf,
+    report: &mut RecoveryReport,
+    touched: &mut BTreeSet<PvId>,
+) {
+    let mut writes = Vec::with_capacity(entry.targets.len());
+    let mut at = 0usize;
+    for target in &entry.targets {
+        let data = payload.slice(at..at + target.len_bytes as usize);
+        at += target.len_bytes as usize;
+        if pvs.is_failed(target.pv) {
+            report.writes_skipped += 1;
+            continue;
+        }
+        let Ok(handle) = pvs.get(target.pv) else {
+            report.writes_skipped += 1;
+            continue;
+        };
+        let fits = in_data_area(&handle, target.offset_bytes, target.len_bytes);
+        if !fits {
+            tracing::error!(
+                "journal entry id {} for {:?}: write at {}+{} is outside the data area of PV id {}; entry not replayed",
+                entry.id,
+                entry.row,
+                target.offset_bytes,
+                target.len_bytes,
+                target.pv
+            );
+            report.entries_invalid += 1;
+            return;
+        }
+        writes.push((target.pv, handle.device, target.offset_bytes, data));
+    }
+    let results = join_all(
+        writes
+            .into_iter()
+            .map(|(pv, device, offset, data)| async move {
+                let len = data.len() as u64;
+                let result = write_all(
+                    &device,
+                    pv,
+                    "journal replay",
+                    offset,
+                    data,
+                    WriteFlags::empty(),
+                )
+                .await;
+                (pv, len, result)
+            }),
+    )
+    .await;
+    for (pv, len, result) in results {
+        touched.insert(pv);
+        match result {
+            Ok(()) => report.bytes_replayed += len,
+            Err(e) => pvs.fail(pv, &format!("journal replay: {e}")),
+        }
+    }
+    report.entries_replayed += 1;
+}

@@ -1,0 +1,159 @@
+//! Reading a journal back after a crash: from the durable tail, entry
+//! after entry, until the first block that is not the valid next entry.
+//!
+//! ```text
+//!  header.tail ─▶ [seq 7 ✓] ─▶ [seq 8 ✓] ─▶ [seq 9: bad CRC]  stop: torn, never acknowledged
+//!                                 └─ if nothing valid where seq 8 ended, look at ring offset 0
+//! ```
+//!
+//! An entry is valid only if its header block decodes (magic, CRC), it
+//! belongs to this journal's generation and epoch, has the sequence number
+//! that comes next, fits the ring, and its payload matches the payload
+//! checksum. Anything else ends the scan: appends are acknowledged only
+//! once every older entry is durable, so nothing after the first gap was
+//! ever acknowledged.
+
+use blockvirt::BlockResult;
+
+use super::format::{payload_crc, DecodeError, EntryHeader, JournalHeader, BLOCK_BYTES};
+use super::io::read_exact;
+use super::pv_journal::{ring_capacity_bytes, PvJournal};
+use super::ring::{max_entry_bytes, next_candidates};
+
+/// A valid entry found by a scan.
+#[derive(Debug, Clone)]
+pub(super) struct Found {
+    pub header: EntryHeader,
+    pub offset_bytes: u64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub(super) struct Scan {
+    pub entries: Vec<Found>,
+    /// The scan ended at a started but invalid entry.
+    pub torn: bool,
+    /// The sequence after the last valid entry.
+    pub next_seq: u64,
+}
+
+/// What one candidate place held.
+enum Looked {
+    Entry(Found),
+    /// Something of ours that is not a valid next entry: torn or damaged.
+    Torn,
+    /// Nothing of this journal's current life.
+    Nothing,
+}
+
+impl PvJournal {
+    /// Scans the entries from the durable tail of `header`.
+    pub async fn scan(&self, header: &JournalHeader) -> BlockResult<Scan> {
+        let capacity = ring_capacity_bytes(self.region);
+        let mut scan = Scan {
+            next_seq: header.tail_seq,
+            ..Scan::default()
+        };
+        let mut end = header.tail_offset_bytes;
+        let mut candidates = if end == 0 { vec![0] } else { vec![end, 0] };
+        // Bytes of ring the entries found so far take, gaps included: a
+        // bound on the scan even if the checks above were fooled.
+        let mut footprint = 0u64;
+        loop {
+            let mut found = None;
+            let mut torn = false;
+            for &offset in &candidates {
+                match self.look(header, offset, scan.next_seq).await? {
+                    Looked::Entry(entry) => {
+                        found = Some(entry);
+                        break;
+                    }
+                    Looked::Torn => torn = true,
+                    Looked::Nothing => {}
+                }
+            }
+            let Some(entry) = found else {
+                scan.torn = torn;
+                return Ok(scan);
+            };
+            let len = entry.header.entry_bytes();
+            footprint += if entry.offset_bytes == end {
+                len
+            } else {
+                capacity - end + len
+            };
+            if footprint > capacity {
+                tracing::error!(
+                    "journal on PV id {}: entries past one full ring at seq {}; scan stopped",
+                    self.pv,
+                    scan.next_seq
+                );
+                scan.torn = true;
+                return Ok(scan);
+            }
+            end = entry.offset_bytes + len;
+            candidates = next_candidates(capacity, end);
+            end %= capacity;
+            scan.next_seq += 1;
+            scan.entries.push(entry);
+        }
+    }
+
+    /// Reads the block at ring offset `offset_bytes` and, if it heads the
+    /// entry `seq`, its payload.
+    async fn look(
+        &self,
+        header: &JournalHeader,
+        offset_bytes: u64,
+        seq: u64,
+    ) -> BlockResult<Looked> {
+        let capacity = ring_capacity_bytes(self.region);
+        let at = self.ring_device_offset(offset_bytes);
+        let block = read_exact(&self.device, self.pv, "journal scan", at, BLOCK_BYTES).await?;
+        let entry = match EntryHeader::decode(&block) {
+            Ok(entry) => entry,
+            Err(DecodeError::NoMagic) => return Ok(Looked::Nothing),
+            Err(e) => {
+                tracing::debug!(
+                    "journal on PV id {} at ring offset {offset_bytes}: {e}",
+                    self.pv
+                );
+                return Ok(Looked::Torn);
+            }
+        };
+        if entry.generation != header.generation || entry.epoch != header.epoch || entry.seq != seq
+        {
+            // An entry of an earlier lap, epoch or journal: not ours to read.
+            return Ok(Looked::Nothing);
+        }
+        let len = entry.entry_bytes();
+        if len > max_entry_bytes(capacity) || offset_bytes + len > capacity {
+            return Ok(Looked::Torn);
+        }
+        if self.read_payload(offset_bytes, &entry).await?.is_none() {
+            return Ok(Looked::Torn);
+        }
+        Ok(Looked::Entry(Found {
+            header: entry,
+            offset_bytes,
+        }))
+    }
+
+    /// The payload of `entry` at ring offset `offset_bytes`, or `None` if
+    /// it does not match its checksum.
+    pub async fn read_payload(
+        &self,
+        offset_bytes: u64,
+        entry: &EntryHeader,
+    ) -> BlockResult<Option<blockvirt::IoBuf>> {
+        let at = self.ring_device_offset(offset_bytes + BLOCK_BYTES);
+        let payload = read_exact(
+            &self.device,
+            self.pv,
+            "journal scan",
+            at,
+            entry.payload_bytes(),
+        )
+        .await?;
+        Ok((payload_crc([&payload[..]]) == entry.payload_crc).then_some(payload))
+    }
+}

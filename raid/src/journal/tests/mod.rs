@@ -1,0 +1,6 @@
+//! Unit tests of the journal's parts: the on-disk format, the ring, and
+//! the scan (on a simulated disk).
+
+mod format;
+mod ring;
+mod scan;

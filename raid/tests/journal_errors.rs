@@ -1,0 +1,162 @@
+//! I/O errors: a journal device that fails is reported to the caller and
+//! never trusted again; a target that fails its flush is marked failed;
+//! bad regions are refused before anything is written.
+
+mod common;
+
+use blockvirt::testing::SimFaults;
+use blockvirt::{ByteRange, ErrorKind};
+use common::{entry, no_periodic, row, runtime, World, BLOCK};
+use raid::journal::JournalSet;
+
+const DISK_BYTES: u64 = 1 << 20;
+const REGION_BYTES: u64 = 64 << 10;
+
+fn world(pvs: u64) -> World {
+    World::new(3, pvs, DISK_BYTES, REGION_BYTES, SimFaults::default())
+}
+
+#[test]
+fn a_journal_write_error_is_returned_and_poisons_the_journal() {
+    let world = world(2);
+    runtime().block_on(async {
+        let pvs = world.pv_set();
+        let set = world.open(pvs.clone()).await;
+        set.recover().await.expect("recover");
+        let e = entry(0, vec![world.write(2, 0, 1, 1)]);
+        world.pv(1).disk.fail();
+        let err = set.log(&[1], &e).await.expect_err("dead journal device");
+        assert_eq!(err.kind(), ErrorKind::Io, "{err}");
+        assert!(err.to_string().contains("PV id 1"), "{err}");
+        // The disk answers again, but what is durable on it is unknown.
+        world.pv(1).disk.recover();
+        let err = set.log(&[1], &e).await.expect_err("poisoned");
+        assert_eq!(err.kind(), ErrorKind::Poisoned, "{err}");
+        assert!(
+            set.checkpoint_all().await.is_err(),
+            "the PV is not marked failed yet"
+        );
+        // The layout marks the PV failed; the rest of the set goes on.
+        pvs.fail(1, "journal write failed");
+        set.checkpoint_all().await.expect("checkpoint without PV 1");
+        assert!(!set.has_unretired(&[1], row(0)));
+        let err = set.log(&[1], &e).await.expect_err("failed PV");
+        assert_eq!(err.kind(), ErrorKind::Io, "{err}");
+        let tickets = set.log(&[2], &e).await.expect("other journals work");
+        set.completed(tickets);
+    });
+}
+
+#[test]
+fn a_journal_flush_error_is_returned() {
+    let world = world(2);
+    runtime().block_on(async {
+        let set = world.open(world.pv_set()).await;
+        set.recover().await.expect("recover");
+        world.pv(1).disk.set_faults(SimFaults {
+            flush_error_probability: 1.0,
+            ..SimFaults::default()
+        });
+        let e = entry(0, vec![world.write(2, 0, 1, 1)]);
+        let err = set.log(&[1], &e).await.expect_err("flush fails");
+        assert_eq!(err.kind(), ErrorKind::Io, "{err}");
+        assert!(err.to_string().contains("journal flush"), "{err}");
+    });
+}
+
+#[test]
+fn when_one_copy_fails_the_log_fails_and_the_other_copy_is_retired() {
+    let world = world(3);
+    runtime().block_on(async {
+        let pvs = world.pv_set();
+        let set = world.open(pvs.clone()).await;
+        set.recover().await.expect("recover");
+        let e = entry(4, vec![world.write(3, 0, 1, 1)]);
+        world.pv(2).disk.fail();
+        set.log(&[1, 2], &e).await.expect_err("one copy fails");
+        pvs.fail(2, "journal write failed");
+        // The copy on PV 1 was handed back with the failed log.
+        set.checkpoint_all().await.expect("checkpoint");
+        assert!(!set.has_unretired(&[1, 2], row(4)));
+    });
+}
+
+#[test]
+fn a_target_failing_its_flush_is_marked_failed_and_the_entry_retired() {
+    let world = world(3);
+    runtime().block_on(async {
+        let pvs = world.pv_set();
+        let set = world.open(pvs.clone()).await;
+        set.recover().await.expect("recover");
+        let e = entry(0, vec![world.write(2, 0, 1, 1), world.write(3, 0, 2, 1)]);
+        let tickets = set.log(&[1], &e).await.expect("log");
+        world.in_place(&e).await;
+        set.completed(tickets);
+        world.pv(2).disk.set_faults(SimFaults {
+            flush_error_probability: 1.0,
+            ..SimFaults::default()
+        });
+        set.checkpoint_all().await.expect("checkpoint");
+        assert!(
+            pvs.is_failed(2),
+            "its bytes are lost; the other legs rebuild them"
+        );
+        assert!(!pvs.is_failed(3));
+        assert!(!set.has_unretired(&[1], row(0)));
+    });
+}
+
+#[test]
+fn bad_regions_are_refused() {
+    let world = world(2);
+    let rt = runtime();
+    let open = |regions: Vec<(u64, ByteRange)>| {
+        rt.block_on(JournalSet::open_with(
+            world.pv_set(),
+            regions,
+            no_periodic(),
+        ))
+        .expect_err("refused")
+        .kind()
+    };
+    let at = 64 << 10;
+    assert_eq!(
+        open(vec![(1, ByteRange::new(at + 512, REGION_BYTES))]),
+        ErrorKind::InvalidArgument
+    );
+    assert_eq!(
+        open(vec![(1, ByteRange::new(at, 8 * BLOCK))]),
+        ErrorKind::InvalidArgument
+    );
+    assert_eq!(
+        open(vec![(1, ByteRange::new(DISK_BYTES - BLOCK, REGION_BYTES))]),
+        ErrorKind::InvalidArgument
+    );
+    let region = world.pv(1).region;
+    assert_eq!(
+        open(vec![(1, region), (1, region)]),
+        ErrorKind::InvalidArgument
+    );
+    // Nothing was written: the first open after all that formats the region.
+    assert!(world
+        .pv(1)
+        .disk
+        .stored(region.offset_bytes, 2 * BLOCK)
+        .iter()
+        .all(|&b| b == 0));
+}
+
+#[test]
+fn the_journals_of_failed_pvs_are_not_opened() {
+    let world = world(2);
+    runtime().block_on(async {
+        let pvs = world.pv_set();
+        pvs.fail(2, "failed earlier");
+        let set = world.open(pvs).await;
+        let report = set.recover().await.expect("recover");
+        assert_eq!(report.journals.keys().copied().collect::<Vec<_>>(), vec![1]);
+        let e = entry(0, vec![world.write(1, 0, 1, 1)]);
+        let err = set.log(&[2], &e).await.expect_err("no journal");
+        assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    });
+}
