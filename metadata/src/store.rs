@@ -81,8 +81,10 @@ pub trait KvStore: Send + Sync + 'static {
 /// service logic without RocksDB; servers use [`RocksStore`].
 #[derive(Debug, Default)]
 pub struct MemStore {
-    tables: Mutex<HashMap<Table, BTreeMap<Vec<u8>, Vec<u8>>>>,
+    tables: Mutex<HashMap<Table, MemTable>>,
 }
+
+type MemTable = BTreeMap<Vec<u8>, Vec<u8>>;
 
 impl MemStore {
     pub fn new() -> MemStore {
@@ -92,7 +94,11 @@ impl MemStore {
 
 impl KvStore for MemStore {
     fn get(&self, table: Table, key: &[u8]) -> MetaResult<Option<Vec<u8>>> {
-        Ok(self.tables.lock().get(&table).and_then(|t| t.get(key).cloned()))
+        Ok(self
+            .tables
+            .lock()
+            .get(&table)
+            .and_then(|t| t.get(key).cloned()))
     }
 
     fn scan_prefix(&self, table: Table, prefix: &[u8]) -> MetaResult<Vec<(Vec<u8>, Vec<u8>)>> {

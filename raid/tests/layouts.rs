@@ -29,11 +29,29 @@ fn redundant_layouts() -> Vec<Layout> {
     vec![
         Layout::Raid1 { copies: 2 },
         Layout::Raid1 { copies: 3 },
-        Layout::Raid10 { stripes: 2, copies: 2, unit_bytes: UNIT },
-        Layout::Raid5 { stripes: 3, unit_bytes: UNIT },
-        Layout::Raid5 { stripes: 2, unit_bytes: DEFAULT_UNIT_BYTES },
-        Layout::Erasure { data: 4, parity: 2, unit_bytes: UNIT },
-        Layout::Erasure { data: 2, parity: 1, unit_bytes: 16 << 10 },
+        Layout::Raid10 {
+            stripes: 2,
+            copies: 2,
+            unit_bytes: UNIT,
+        },
+        Layout::Raid5 {
+            stripes: 3,
+            unit_bytes: UNIT,
+        },
+        Layout::Raid5 {
+            stripes: 2,
+            unit_bytes: DEFAULT_UNIT_BYTES,
+        },
+        Layout::Erasure {
+            data: 4,
+            parity: 2,
+            unit_bytes: UNIT,
+        },
+        Layout::Erasure {
+            data: 2,
+            parity: 1,
+            unit_bytes: 16 << 10,
+        },
     ]
 }
 
@@ -54,7 +72,8 @@ impl Pool {
         let service = Arc::new(Service::open(Box::new(store.clone())).unwrap());
         let pvs = PvSet::default();
         let size = pv_bytes_for(pes, PE);
-        let (mut ids, mut disks, mut regions, mut paths) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut ids, mut disks, mut regions, mut paths) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for i in 0..count {
             let path = std::path::PathBuf::from(format!("/sim/pv{i}"));
             let record = service.create_pv(&path, Uuid::new_v4(), size).unwrap();
@@ -67,13 +86,21 @@ impl Pool {
                 },
                 false,
             );
-            regions.push((record.id, ByteRange::new(PV_LABEL_AREA_BYTES, pv_journal_bytes(size))));
+            regions.push((
+                record.id,
+                ByteRange::new(PV_LABEL_AREA_BYTES, pv_journal_bytes(size)),
+            ));
             ids.push(record.id);
             disks.push(disk);
             paths.push(path);
         }
         service.create_vg("vg", &paths, PE).unwrap();
-        let journals = Arc::new(JournalSet::open(pvs.clone(), regions.clone()).await.unwrap());
+        let journals = Arc::new(
+            JournalSet::open(pvs.clone(), regions.clone())
+                .await
+                .unwrap(),
+        );
+        journals.recover().await.unwrap();
         Pool {
             store,
             service,
@@ -92,7 +119,9 @@ impl Pool {
             ..VolumeOptions::default()
         };
         let map = Arc::new(LocalMapService::new(self.service.clone()));
-        ThinVolume::open(map, self.pvs.clone(), "vg", lv, options).await.unwrap()
+        ThinVolume::open(map, self.pvs.clone(), "vg", lv, options)
+            .await
+            .unwrap()
     }
 
     /// Power loss and restart: every disk loses what it had not made
@@ -104,7 +133,11 @@ impl Pool {
         }
         self.service = Arc::new(Service::open(Box::new(self.store.clone())).unwrap());
         self.service.reclaim_all_reservations().unwrap();
-        self.journals = Arc::new(JournalSet::open(self.pvs.clone(), self.regions.clone()).await.unwrap());
+        self.journals = Arc::new(
+            JournalSet::open(self.pvs.clone(), self.regions.clone())
+                .await
+                .unwrap(),
+        );
         self.journals.recover().await.unwrap();
     }
 
@@ -120,12 +153,25 @@ impl Pool {
     }
 
     /// Device offset on its disk of user byte `offset` of extent `le`.
-    async fn device_offset(&self, lv: &ThinVolume, layout: Layout, le: u64, offset: u64) -> (usize, u64) {
+    async fn device_offset(
+        &self,
+        lv: &ThinVolume,
+        layout: Layout,
+        le: u64,
+        offset: u64,
+    ) -> (usize, u64) {
         let placement = lv.placement(le).await.unwrap();
-        let span = StripeGeometry::new(layout, PE).unwrap().spans(offset, 4096).next().unwrap();
+        let span = StripeGeometry::new(layout, PE)
+            .unwrap()
+            .spans(offset, 4096)
+            .next()
+            .unwrap();
         let pe = placement[span.leg];
         let data_offset = self.pvs.get(pe.pv).unwrap().data_offset_bytes;
-        (self.disk_of(pe.pv), data_offset + pe.pe * PE + span.pe_offset_bytes)
+        (
+            self.disk_of(pe.pv),
+            data_offset + pe.pe * PE + span.pe_offset_bytes,
+        )
     }
 }
 
@@ -142,10 +188,17 @@ fn pattern(seed: u64, len: usize) -> Vec<u8> {
 }
 
 async fn write(dev: &impl BlockDevice, offset: u64, data: &[u8]) {
-    dev.write_at(offset, IoBuf::copy_from(data), WriteFlags::empty()).await.0.unwrap();
+    dev.write_at(offset, IoBuf::copy_from(data), WriteFlags::empty())
+        .await
+        .0
+        .unwrap();
 }
 
-async fn read(dev: &impl BlockDevice, offset: u64, len: usize) -> Result<Vec<u8>, blockvirt::BlockError> {
+async fn read(
+    dev: &impl BlockDevice,
+    offset: u64,
+    len: usize,
+) -> Result<Vec<u8>, blockvirt::BlockError> {
     let (result, buf) = dev.read_at(offset, IoBufMut::zeroed(len)).await;
     result.map(|()| buf.to_vec())
 }
@@ -153,13 +206,18 @@ async fn read(dev: &impl BlockDevice, offset: u64, len: usize) -> Result<Vec<u8>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_layout_passes_conformance() {
     let mut all = redundant_layouts();
-    all.push(Layout::Raid0 { stripes: 2, unit_bytes: UNIT });
+    all.push(Layout::Raid0 {
+        stripes: 2,
+        unit_bytes: UNIT,
+    });
     for layout in all {
         let pool = Pool::new(7, 160, 1).await;
         let counter = AtomicUsize::new(0);
         run_conformance(|| {
             let name = format!("lv{}", counter.fetch_add(1, Ordering::Relaxed));
-            pool.service.create_lv("vg", &name, 16 * MIB, true, layout).unwrap();
+            pool.service
+                .create_lv("vg", &name, 16 * MIB, true, layout)
+                .unwrap();
             let pool = &pool;
             async move { pool.open(&name).await }
         })
@@ -172,7 +230,9 @@ async fn failures_up_to_tolerance_lose_nothing() {
     for layout in redundant_layouts() {
         let name = layout.describe();
         let pool = Pool::new(7, 64, 2).await;
-        pool.service.create_lv("vg", "lv", 24 * MIB, true, layout).unwrap();
+        pool.service
+            .create_lv("vg", "lv", 24 * MIB, true, layout)
+            .unwrap();
         let lv = pool.open("lv").await;
         let size = lv.info().size_bytes as usize;
         let data = pattern(3, size);
@@ -182,16 +242,30 @@ async fn failures_up_to_tolerance_lose_nothing() {
         for &disk in legs.iter().take(layout.tolerance()) {
             pool.disks[disk].fail();
         }
-        let back = read(&lv, 0, size).await.unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert!(back == data, "{name}: data differs with {} PVs failed", layout.tolerance());
+        let back = read(&lv, 0, size)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(
+            back == data,
+            "{name}: data differs with {} PVs failed",
+            layout.tolerance()
+        );
         // Writes go on, degraded, and read back.
         let more = pattern(4, size / 2);
         write(&lv, (size / 4) as u64, &more).await;
-        lv.flush().await.unwrap_or_else(|e| panic!("{name}: flush: {e}"));
+        lv.flush()
+            .await
+            .unwrap_or_else(|e| panic!("{name}: flush: {e}"));
         let mut expect = data.clone();
         expect[size / 4..size / 4 + size / 2].copy_from_slice(&more);
-        assert!(read(&lv, 0, size).await.unwrap() == expect, "{name}: degraded writes differ");
-        assert!(!lv.degraded_extents().await.is_empty(), "{name}: degradation visible");
+        assert!(
+            read(&lv, 0, size).await.unwrap() == expect,
+            "{name}: degraded writes differ"
+        );
+        assert!(
+            !lv.degraded_extents().await.is_empty(),
+            "{name}: degradation visible"
+        );
     }
 }
 
@@ -200,7 +274,9 @@ async fn beyond_tolerance_never_returns_wrong_bytes() {
     for layout in redundant_layouts() {
         let name = layout.describe();
         let pool = Pool::new(7, 64, 3).await;
-        pool.service.create_lv("vg", "lv", 8 * MIB, true, layout).unwrap();
+        pool.service
+            .create_lv("vg", "lv", 8 * MIB, true, layout)
+            .unwrap();
         let lv = pool.open("lv").await;
         let size = lv.info().size_bytes as usize;
         let data = pattern(5, size);
@@ -214,11 +290,17 @@ async fn beyond_tolerance_never_returns_wrong_bytes() {
         let mut errors = 0;
         for at in (0..le_bytes).step_by(64 << 10) {
             match read(&lv, at as u64, 64 << 10).await {
-                Ok(bytes) => assert!(bytes == data[at..at + (64 << 10)], "{name}: wrong bytes at {at}"),
+                Ok(bytes) => assert!(
+                    bytes == data[at..at + (64 << 10)],
+                    "{name}: wrong bytes at {at}"
+                ),
                 Err(_) => errors += 1,
             }
         }
-        assert!(errors > 0, "{name}: losing more legs than tolerated must fail some reads");
+        assert!(
+            errors > 0,
+            "{name}: losing more legs than tolerated must fail some reads"
+        );
     }
 }
 
@@ -227,7 +309,9 @@ async fn silent_corruption_is_served_from_redundancy_and_scrubbed() {
     for layout in redundant_layouts() {
         let name = layout.describe();
         let pool = Pool::new(7, 64, 4).await;
-        pool.service.create_lv("vg", "lv", 8 * MIB, true, layout).unwrap();
+        pool.service
+            .create_lv("vg", "lv", 8 * MIB, true, layout)
+            .unwrap();
         let lv = pool.open("lv").await;
         let data = pattern(6, lv.info().size_bytes as usize);
         write(&lv, 0, &data).await;
@@ -235,16 +319,40 @@ async fn silent_corruption_is_served_from_redundancy_and_scrubbed() {
         // Rot one stored block of user byte 8 KiB (extent 0).
         let (disk, offset) = pool.device_offset(&lv, layout, 0, 8192).await;
         pool.disks[disk].corrupt_block(offset);
-        assert!(pool.disks[disk].stored(offset, 4096) != data[8192..12288], "{name}: block corrupted");
-        // Reads never serve it.
-        assert!(read(&lv, 0, 64 << 10).await.unwrap() == data[..64 << 10], "{name}: read served rot");
+        assert!(
+            pool.disks[disk].stored(offset, 4096) != data[8192..12288],
+            "{name}: block corrupted"
+        );
         let found = lv.scrub_extent(0, false).await.unwrap();
-        assert!(found.mismatches >= 1, "{name}: scrub check finds it ({found:?})");
+        assert!(
+            found.mismatches >= 1,
+            "{name}: scrub check finds it ({found:?})"
+        );
+        assert!(
+            pool.disks[disk].stored(offset, 4096) != data[8192..12288],
+            "{name}: check changes nothing"
+        );
         let fixed = lv.scrub_extent(0, true).await.unwrap();
-        assert!(fixed.repaired >= 1, "{name}: scrub repair rewrites it ({fixed:?})");
-        assert!(pool.disks[disk].stored(offset, 4096) == data[8192..12288], "{name}: stored block repaired");
-        assert_eq!(lv.scrub_extent(0, false).await.unwrap().mismatches, 0, "{name}: clean after repair");
-        assert!(lv.mismatches() >= 1);
+        assert!(
+            fixed.repaired >= 1,
+            "{name}: scrub repair rewrites it ({fixed:?})"
+        );
+        assert!(
+            pool.disks[disk].stored(offset, 4096) == data[8192..12288],
+            "{name}: stored block repaired"
+        );
+        assert_eq!(
+            lv.scrub_extent(0, false).await.unwrap().mismatches,
+            0,
+            "{name}: clean after repair"
+        );
+        // A read never serves rot either, and repairs what it meets.
+        pool.disks[disk].corrupt_block(offset);
+        assert!(
+            read(&lv, 0, 64 << 10).await.unwrap() == data[..64 << 10],
+            "{name}: read served rot"
+        );
+        assert!(lv.mismatches() >= 2);
     }
 }
 
@@ -253,7 +361,9 @@ async fn repair_rebuilds_onto_other_pvs_then_survives_another_failure() {
     for layout in redundant_layouts() {
         let name = layout.describe();
         let pool = Pool::new(8, 64, 5).await;
-        pool.service.create_lv("vg", "lv", 16 * MIB, true, layout).unwrap();
+        pool.service
+            .create_lv("vg", "lv", 16 * MIB, true, layout)
+            .unwrap();
         let lv = pool.open("lv").await;
         let size = lv.info().size_bytes as usize;
         let data = pattern(7, size);
@@ -261,18 +371,31 @@ async fn repair_rebuilds_onto_other_pvs_then_survives_another_failure() {
         lv.flush().await.unwrap();
         let first = pool.leg_disks(&lv, 0).await[0];
         pool.disks[first].fail();
+        // The server learns of a dead PV from an I/O error (or its probe).
+        pool.pvs.fail(pool.ids[first], "disk died");
         let degraded = lv.degraded_extents().await;
         assert!(!degraded.is_empty());
         let failed = pool.ids[first];
         for le in degraded {
-            lv.replace_legs(le, |pe| pe.pv == failed).await.unwrap_or_else(|e| panic!("{name}: {e}"));
+            lv.replace_legs(le, |pe| pe.pv == failed)
+                .await
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
         }
-        assert!(lv.degraded_extents().await.is_empty(), "{name}: fully redundant again");
-        assert!(read(&lv, 0, size).await.unwrap() == data, "{name}: data after repair");
+        assert!(
+            lv.degraded_extents().await.is_empty(),
+            "{name}: fully redundant again"
+        );
+        assert!(
+            read(&lv, 0, size).await.unwrap() == data,
+            "{name}: data after repair"
+        );
         // The repaired extents survive losing another of their legs.
         let second = pool.leg_disks(&lv, 0).await[1];
         pool.disks[second].fail();
-        assert!(read(&lv, 0, size).await.unwrap() == data, "{name}: data after a second failure");
+        assert!(
+            read(&lv, 0, size).await.unwrap() == data,
+            "{name}: data after a second failure"
+        );
     }
 }
 
@@ -280,11 +403,16 @@ async fn repair_rebuilds_onto_other_pvs_then_survives_another_failure() {
 async fn pvmove_moves_every_leg_off_a_pv() {
     let mut all = redundant_layouts();
     all.push(Layout::Linear);
-    all.push(Layout::Raid0 { stripes: 2, unit_bytes: UNIT });
+    all.push(Layout::Raid0 {
+        stripes: 2,
+        unit_bytes: UNIT,
+    });
     for layout in all {
         let name = layout.describe();
         let pool = Pool::new(8, 64, 6).await;
-        pool.service.create_lv("vg", "lv", 16 * MIB, true, layout).unwrap();
+        pool.service
+            .create_lv("vg", "lv", 16 * MIB, true, layout)
+            .unwrap();
         let lv = pool.open("lv").await;
         let size = lv.info().size_bytes as usize;
         let data = pattern(8, size);
@@ -292,29 +420,53 @@ async fn pvmove_moves_every_leg_off_a_pv() {
         lv.flush().await.unwrap();
         let target = pool.ids[pool.leg_disks(&lv, 0).await[0]];
         for le in lv.extents_with_legs(|pe| pe.pv == target).await {
-            lv.replace_legs(le, |pe| pe.pv == target).await.unwrap_or_else(|e| panic!("{name}: {e}"));
+            lv.replace_legs(le, |pe| pe.pv == target)
+                .await
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
         }
-        assert!(lv.extents_with_legs(|pe| pe.pv == target).await.is_empty(), "{name}: PV emptied");
-        assert!(read(&lv, 0, size).await.unwrap() == data, "{name}: data after pvmove");
-        let report = pool.service.pv_reports().into_iter().find(|pv| pv.record.id == target).unwrap();
-        assert_eq!(report.pe_alloc, 0, "{name}: no PE left in use on the emptied PV");
+        lv.return_reserved(|pe| pe.pv == target).await.unwrap();
+        assert!(
+            lv.extents_with_legs(|pe| pe.pv == target).await.is_empty(),
+            "{name}: PV emptied"
+        );
+        assert!(
+            read(&lv, 0, size).await.unwrap() == data,
+            "{name}: data after pvmove"
+        );
+        let report = pool
+            .service
+            .pv_reports()
+            .into_iter()
+            .find(|pv| pv.record.id == target)
+            .unwrap();
+        assert_eq!(
+            report.pe_alloc, 0,
+            "{name}: no PE left in use on the emptied PV"
+        );
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reused_pes_keep_parity_consistent() {
-    for layout in redundant_layouts().into_iter().filter(|l| l.unit_bytes().is_some() && l.legs() > l.tolerance() + 1) {
+    for layout in redundant_layouts()
+        .into_iter()
+        .filter(|l| l.unit_bytes().is_some() && l.legs() > l.tolerance() + 1)
+    {
         let name = layout.describe();
         let pool = Pool::new(6, 16, 7).await;
         // Fill every PE with junk through a linear LV, then free them.
-        pool.service.create_lv("vg", "junk", 6 * 16 * MIB, true, Layout::Linear).unwrap();
+        pool.service
+            .create_lv("vg", "junk", 6 * 16 * MIB, true, Layout::Linear)
+            .unwrap();
         {
             let junk = pool.open("junk").await;
             write(&junk, 0, &pattern(9, (6 * 16 * MIB) as usize)).await;
             junk.close().await.unwrap();
         }
         pool.service.remove_lv("vg", "junk").unwrap();
-        pool.service.create_lv("vg", "lv", 8 * MIB, true, layout).unwrap();
+        pool.service
+            .create_lv("vg", "lv", 8 * MIB, true, layout)
+            .unwrap();
         let lv = pool.open("lv").await;
         // A small write into a row of junk-filled PEs, then a lost leg.
         let small = pattern(10, 4096);
@@ -322,7 +474,10 @@ async fn reused_pes_keep_parity_consistent() {
         lv.flush().await.unwrap();
         let legs = pool.leg_disks(&lv, 0).await;
         pool.disks[legs[0]].fail();
-        assert!(read(&lv, 0, 4096).await.unwrap() == small, "{name}: reconstructed from consistent parity");
+        assert!(
+            read(&lv, 0, 4096).await.unwrap() == small,
+            "{name}: reconstructed from consistent parity"
+        );
     }
 }
 
@@ -332,14 +487,23 @@ async fn reused_pes_keep_parity_consistent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_write_hole_after_power_loss_and_disk_loss() {
     for layout in [
-        Layout::Raid5 { stripes: 3, unit_bytes: UNIT },
-        Layout::Erasure { data: 4, parity: 2, unit_bytes: UNIT },
+        Layout::Raid5 {
+            stripes: 3,
+            unit_bytes: UNIT,
+        },
+        Layout::Erasure {
+            data: 4,
+            parity: 2,
+            unit_bytes: UNIT,
+        },
     ] {
         let name = layout.describe();
         let k = layout.data_legs() as u64;
         for seed in 0..24 {
             let mut pool = Pool::new(7, 64, 100 + seed).await;
-            pool.service.create_lv("vg", "lv", 8 * MIB, true, layout).unwrap();
+            pool.service
+                .create_lv("vg", "lv", 8 * MIB, true, layout)
+                .unwrap();
             let row_bytes = k * UNIT;
             let row = seed % 4;
             let base = pattern(11 + seed, layout.extent_bytes(PE) as usize);
@@ -354,14 +518,47 @@ async fn no_write_hole_after_power_loss_and_disk_loss() {
             let lv = pool.open("lv").await;
             // Lose the disk holding shard 1 of the row, which was not written.
             let geometry = StripeGeometry::new(layout, PE).unwrap();
-            let shard1 = geometry.spans(row * row_bytes + UNIT, 4096).next().unwrap().leg;
+            let shard1 = geometry
+                .spans(row * row_bytes + UNIT, 4096)
+                .next()
+                .unwrap()
+                .leg;
             let disks = pool.leg_disks(&lv, 0).await;
             pool.disks[disks[shard1]].fail();
             let at = (row * row_bytes + UNIT) as usize;
             let got = read(&lv, at as u64, UNIT as usize)
                 .await
                 .unwrap_or_else(|e| panic!("{name} seed {seed}: shard 1 unreadable: {e}"));
-            assert!(got == base[at..at + UNIT as usize], "{name} seed {seed}: write hole: shard 1 changed");
+            assert!(
+                got == base[at..at + UNIT as usize],
+                "{name} seed {seed}: write hole: shard 1 changed"
+            );
         }
     }
+}
+
+/// Rows wider than a journal entry may be (ec 8+3 with 64 KiB units is a
+/// 704 KiB row) go through in column slices, on the smallest journals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wide_rows_fit_the_smallest_journal() {
+    let layout = Layout::Erasure {
+        data: 8,
+        parity: 3,
+        unit_bytes: UNIT,
+    };
+    let pool = Pool::new(11, 24, 8).await;
+    assert_eq!(
+        pool.regions[0].1.len_bytes, MIB,
+        "the smallest journal ring"
+    );
+    let counter = AtomicUsize::new(0);
+    run_conformance(|| {
+        let name = format!("lv{}", counter.fetch_add(1, Ordering::Relaxed));
+        pool.service
+            .create_lv("vg", &name, 8 * MIB, true, layout)
+            .unwrap();
+        let pool = &pool;
+        async move { pool.open(&name).await }
+    })
+    .await;
 }

@@ -43,7 +43,10 @@ impl ThinVolume {
         for le in 0..self.extent_count() {
             let slot = self.inner.slot(le);
             let guard = slot.placement.read().await;
-            if guard.as_ref().is_some_and(|p| p.iter().any(|pe| select(*pe))) {
+            if guard
+                .as_ref()
+                .is_some_and(|p| p.iter().any(|pe| select(*pe)))
+            {
                 found.push(le);
             }
         }
@@ -60,12 +63,18 @@ impl ThinVolume {
     /// other PVs, copying what each leg should hold (read from the leg if
     /// it is sound, rebuilt from the others if not), and commits the new
     /// placement. Returns how many legs moved.
-    pub async fn replace_legs(&self, le: u64, select: impl Fn(PeAddr) -> bool) -> BlockResult<usize> {
+    pub async fn replace_legs(
+        &self,
+        le: u64,
+        select: impl Fn(PeAddr) -> bool,
+    ) -> BlockResult<usize> {
         let inner = &self.inner;
         inner.check_usable()?;
         let slot = inner.slot(le);
         let mut guard = slot.placement.write().await;
-        let Some(old) = guard.clone() else { return Ok(0) };
+        let Some(old) = guard.clone() else {
+            return Ok(0);
+        };
         let targets: Vec<usize> = (0..old.len()).filter(|&i| select(old[i])).collect();
         if targets.is_empty() {
             return Ok(0);
@@ -86,10 +95,16 @@ impl ThinVolume {
                 .ok_or_else(|| {
                     BlockError::new(
                         ErrorKind::NoSpace,
-                        format!("{}: no free extent on a PV outside extent {le}'s other legs", inner.name),
+                        format!(
+                            "{}: no free extent on a PV outside extent {le}'s other legs",
+                            inner.name
+                        ),
                     )
                 })?;
-            if let Err(e) = inner.copy_leg(&legs, leg, pe, inner.checksummed.then_some(&check)).await {
+            if let Err(e) = inner
+                .copy_leg(&legs, leg, pe, inner.checksummed.then_some(&check))
+                .await
+            {
                 inner.dirty.lock().returned.push(pe);
                 return Err(e.context_prefix(format!("{}: extent {le}", inner.name)));
             }
@@ -100,11 +115,34 @@ impl ThinVolume {
         {
             let mut dirty = inner.dirty.lock();
             dirty.placements_released = true;
-            dirty.pvs.extend(new.iter().map(|pe| pe.pv).filter(|pv| !inner.pvs.is_failed(*pv)));
+            dirty.pvs.extend(
+                new.iter()
+                    .map(|pe| pe.pv)
+                    .filter(|pv| !inner.pvs.is_failed(*pv)),
+            );
         }
         drop(guard);
         inner.sync().await?;
         Ok(targets.len())
+    }
+
+    /// Gives back the spare extents reserved for new writes that have a leg
+    /// `select` picks (pvmove empties a PV of those too), and commits.
+    pub async fn return_reserved(&self, select: impl Fn(PeAddr) -> bool) -> BlockResult<()> {
+        let inner = &self.inner;
+        let returned: Vec<PeAddr> = {
+            let mut reservation = inner.reservation.lock();
+            let (drop, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut *reservation)
+                .into_iter()
+                .partition(|p| p.iter().any(|pe| select(*pe)));
+            *reservation = keep;
+            drop.into_iter().flatten().collect()
+        };
+        if returned.is_empty() {
+            return Ok(());
+        }
+        inner.dirty.lock().returned.extend(returned);
+        inner.sync().await
     }
 
     /// Verifies every written block of extent `le` on every copy (and its
@@ -120,7 +158,10 @@ impl ThinVolume {
         if !inner.checksummed {
             return Err(BlockError::new(
                 ErrorKind::Unsupported,
-                format!("{}: a layout without redundancy has nothing to scrub", inner.name),
+                format!(
+                    "{}: a layout without redundancy has nothing to scrub",
+                    inner.name
+                ),
             ));
         }
         let legs = inner.legs(placement);
@@ -137,15 +178,28 @@ impl ThinVolume {
         let mut report = ScrubReport::default();
         for (start, len, written) in inner.geometry.runs(&whole, slot.written()) {
             if written {
-                report.add(inner.redundancy.scrub(&legs, start, len, &check, repair).await?);
+                report.add(
+                    inner
+                        .redundancy
+                        .scrub(&legs, start, len, &check, repair)
+                        .await?,
+                );
             }
         }
-        inner.mismatches.fetch_add(report.mismatches, Ordering::Relaxed);
+        inner
+            .mismatches
+            .fetch_add(report.mismatches, Ordering::Relaxed);
         if repair {
             for &offset in &report.adopted {
                 let (result, block) = inner
                     .redundancy
-                    .read(&legs, offset, IoBufMut::zeroed(crate::IO_ALIGN), None, false)
+                    .read(
+                        &legs,
+                        offset,
+                        IoBufMut::zeroed(crate::IO_ALIGN),
+                        None,
+                        false,
+                    )
                     .await;
                 result?;
                 inner.record_checksums(&slot, le, offset, &block);

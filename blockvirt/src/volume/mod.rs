@@ -148,6 +148,8 @@ struct Inner {
     size_bytes: AtomicU64,
     slots: RwLock<Vec<Arc<Slot>>>,
     reservation: Mutex<Vec<Placement>>,
+    /// Held while asking the VG for more extents.
+    reserving: tokio::sync::Mutex<()>,
     reserve_batch: usize,
     dirty: Mutex<Dirty>,
     committer: Committer,
@@ -303,6 +305,7 @@ impl Inner {
             size_bytes: AtomicU64::new(grant.lv.size_bytes),
             slots: RwLock::new(slots),
             reservation: Mutex::new(Vec::new()),
+            reserving: tokio::sync::Mutex::new(()),
             reserve_batch: options.reserve_batch.max(1),
             dirty: Mutex::new(Dirty::default()),
             committer: Committer::default(),
@@ -411,19 +414,26 @@ impl Inner {
         if let Some(placement) = self.reservation.lock().pop() {
             return Ok(placement);
         }
-        let mut fresh = self
+        // One reservation request at a time: a request that comes back
+        // empty then means a full pool, not spares another request is
+        // about to put in the reservation.
+        let _one = self.reserving.lock().await;
+        if let Some(placement) = self.reservation.lock().pop() {
+            return Ok(placement);
+        }
+        let fresh = self
             .map
             .reserve(self.token, self.reserve_batch)
             .await
             .map_err(|e| meta_error(&self.name, e))?;
-        let placement = fresh.pop().ok_or_else(|| {
+        let mut reservation = self.reservation.lock();
+        reservation.extend(fresh);
+        reservation.pop().ok_or_else(|| {
             BlockError::new(
                 ErrorKind::NoSpace,
                 format!("{}: the volume group has no free extent left", self.name),
             )
-        })?;
-        self.reservation.lock().extend(fresh);
-        Ok(placement)
+        })
     }
 
     async fn refresh(&self) -> BlockResult<()> {

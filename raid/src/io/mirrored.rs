@@ -17,7 +17,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use blockvirt::volume::{BlockCheck, Legs, ReadReport, Redundancy, ScrubReport};
-use blockvirt::{BlockError, BlockResult, BufResult, ByteRange, ErrorKind, IoBuf, IoBufMut, WriteFlags, ZeroFlags};
+use blockvirt::{
+    BlockError, BlockResult, BufResult, ByteRange, ErrorKind, IoBuf, IoBufMut, WriteFlags,
+    ZeroFlags,
+};
 use futures::future::join_all;
 use metadata::Layout;
 
@@ -96,14 +99,20 @@ impl Mirrored {
             let pe_offset = span.pe_offset_bytes + at as u64;
             // Every readable copy of the block, the first read included.
             let mut seen: Vec<(usize, Vec<u8>)> = vec![(source, part[at..at + BLOCK].to_vec())];
-            for &leg in order.iter().filter(|&&leg| leg != source && legs.is_online(leg)) {
+            for &leg in order
+                .iter()
+                .filter(|&&leg| leg != source && legs.is_online(leg))
+            {
                 let (result, block) = read_leg(legs, leg, pe_offset, IoBufMut::zeroed(BLOCK)).await;
                 match result {
                     Ok(()) => seen.push((leg, block.to_vec())),
                     Err(e) => legs.fail(leg, &e),
                 }
             }
-            match seen.iter().find(|(_, data)| check.matches(block_offset, data)) {
+            match seen
+                .iter()
+                .find(|(_, data)| check.matches(block_offset, data))
+            {
                 Some((_, good)) => {
                     let good = good.clone();
                     part[at..at + BLOCK].copy_from_slice(&good);
@@ -135,7 +144,12 @@ impl Mirrored {
     }
 }
 
-async fn read_leg(legs: &Legs, leg: usize, pe_offset_bytes: u64, buf: IoBufMut) -> (BlockResult<()>, IoBufMut) {
+async fn read_leg(
+    legs: &Legs,
+    leg: usize,
+    pe_offset_bytes: u64,
+    buf: IoBufMut,
+) -> (BlockResult<()>, IoBufMut) {
     match legs.device(leg) {
         Ok((device, base)) => device.read_at(base + pe_offset_bytes, buf).await,
         Err(e) => (Err(e), buf),
@@ -148,7 +162,12 @@ async fn rewrite(legs: &Legs, targets: &[usize], pe_offset_bytes: u64, data: IoB
         let data = data.clone();
         async move {
             let result = match legs.device(leg) {
-                Ok((device, base)) => device.write_at(base + pe_offset_bytes, data, WriteFlags::empty()).await.0,
+                Ok((device, base)) => {
+                    device
+                        .write_at(base + pe_offset_bytes, data, WriteFlags::empty())
+                        .await
+                        .0
+                }
                 Err(e) => Err(e),
             };
             (leg, result)
@@ -192,7 +211,10 @@ impl Redundancy for Mirrored {
         check: Option<&dyn BlockCheck>,
         repair: bool,
     ) -> (BlockResult<ReadReport>, IoBufMut) {
-        let spans: Vec<Span> = self.stripe().spans(offset_bytes, buf.len() as u64).collect();
+        let spans: Vec<Span> = self
+            .stripe()
+            .spans(offset_bytes, buf.len() as u64)
+            .collect();
         let (parts, rest) = split(buf, spans.iter().map(|s| s.len_bytes as usize));
         let reads = spans.iter().zip(parts).map(|(span, part)| {
             let at = offset_bytes + span.request_offset_bytes;
@@ -201,17 +223,34 @@ impl Redundancy for Mirrored {
         join(join_all(reads).await, rest)
     }
 
-    async fn write(&self, legs: &Legs, offset_bytes: u64, data: IoBuf, flags: WriteFlags) -> BlockResult<()> {
-        let spans: Vec<Span> = self.stripe().spans(offset_bytes, data.len() as u64).collect();
+    async fn write(
+        &self,
+        legs: &Legs,
+        offset_bytes: u64,
+        data: IoBuf,
+        flags: WriteFlags,
+    ) -> BlockResult<()> {
+        let spans: Vec<Span> = self
+            .stripe()
+            .spans(offset_bytes, data.len() as u64)
+            .collect();
         let writes = spans.iter().map(|span| {
-            let piece = data.slice(span.request_offset_bytes as usize..(span.request_offset_bytes + span.len_bytes) as usize);
+            let piece = data.slice(
+                span.request_offset_bytes as usize
+                    ..(span.request_offset_bytes + span.len_bytes) as usize,
+            );
             async move {
                 let copies: Vec<usize> = span.legs().filter(|&leg| legs.is_online(leg)).collect();
                 let writes = copies.iter().map(|&leg| {
                     let piece = piece.clone();
                     async move {
                         let result = match legs.device(leg) {
-                            Ok((device, base)) => device.write_at(base + span.pe_offset_bytes, piece, flags).await.0,
+                            Ok((device, base)) => {
+                                device
+                                    .write_at(base + span.pe_offset_bytes, piece, flags)
+                                    .await
+                                    .0
+                            }
                             Err(e) => Err(e),
                         };
                         (leg, result)
@@ -234,17 +273,28 @@ impl Redundancy for Mirrored {
         join_all(writes).await.into_iter().collect()
     }
 
-    async fn write_zeroes(&self, legs: &Legs, offset_bytes: u64, len_bytes: u64) -> BlockResult<()> {
+    async fn write_zeroes(
+        &self,
+        legs: &Legs,
+        offset_bytes: u64,
+        len_bytes: u64,
+    ) -> BlockResult<()> {
         let spans: Vec<Span> = self.stripe().spans(offset_bytes, len_bytes).collect();
         let zeroes = spans.iter().map(|span| async move {
-            let targets = span.legs().filter(|&leg| legs.is_online(leg)).map(|leg| async move {
-                let range = |base: u64| ByteRange::new(base + span.pe_offset_bytes, span.len_bytes);
-                let result = match legs.device(leg) {
-                    Ok((device, base)) => device.write_zeroes(range(base), ZeroFlags::NO_HOLE).await,
-                    Err(e) => Err(e),
-                };
-                (leg, result)
-            });
+            let targets = span
+                .legs()
+                .filter(|&leg| legs.is_online(leg))
+                .map(|leg| async move {
+                    let range =
+                        |base: u64| ByteRange::new(base + span.pe_offset_bytes, span.len_bytes);
+                    let result = match legs.device(leg) {
+                        Ok((device, base)) => {
+                            device.write_zeroes(range(base), ZeroFlags::NO_HOLE).await
+                        }
+                        Err(e) => Err(e),
+                    };
+                    (leg, result)
+                });
             let mut zeroed = 0;
             for (leg, result) in join_all(targets).await {
                 match result {
@@ -263,14 +313,20 @@ impl Redundancy for Mirrored {
 
     async fn release(&self, legs: &Legs, offset_bytes: u64, len_bytes: u64) -> BlockResult<()> {
         let spans: Vec<Span> = self.stripe().spans(offset_bytes, len_bytes).collect();
-        let discards = spans.iter().flat_map(|span| span.legs().map(move |leg| (leg, *span))).map(|(leg, span)| async move {
-            if let Ok((device, base)) = legs.device(leg) {
-                // Space back only: failing to punch costs space, not data.
-                if let Err(e) = device.discard(ByteRange::new(base + span.pe_offset_bytes, span.len_bytes)).await {
-                    tracing::warn!("releasing space on PV id {}: {e}", legs.legs[leg].pv);
+        let discards = spans
+            .iter()
+            .flat_map(|span| span.legs().map(move |leg| (leg, *span)))
+            .map(|(leg, span)| async move {
+                if let Ok((device, base)) = legs.device(leg) {
+                    // Space back only: failing to punch costs space, not data.
+                    if let Err(e) = device
+                        .discard(ByteRange::new(base + span.pe_offset_bytes, span.len_bytes))
+                        .await
+                    {
+                        tracing::warn!("releasing space on PV id {}: {e}", legs.legs[leg].pv);
+                    }
                 }
-            }
-        });
+            });
         join_all(discards).await;
         Ok(())
     }
@@ -283,7 +339,10 @@ impl Redundancy for Mirrored {
         buf: IoBufMut,
         check: Option<&dyn BlockCheck>,
     ) -> BufResult<IoBufMut> {
-        let pieces: Vec<_> = self.stripe().leg_pieces(leg, pe_offset_bytes, buf.len() as u64).collect();
+        let pieces: Vec<_> = self
+            .stripe()
+            .leg_pieces(leg, pe_offset_bytes, buf.len() as u64)
+            .collect();
         let (parts, rest) = split(buf, pieces.iter().map(|p| p.len_bytes as usize));
         let mut results = Vec::with_capacity(parts.len());
         for (piece, part) in pieces.iter().zip(parts) {
@@ -294,7 +353,19 @@ impl Redundancy for Mirrored {
             // The leg itself first (pvmove); without it, its copies (repair).
             let prefer = legs.is_online(leg).then_some(leg);
             let exclude = if prefer.is_some() { None } else { Some(leg) };
-            results.push(self.read_span(legs, span, offset_bytes, part, check, false, prefer, exclude).await);
+            results.push(
+                self.read_span(
+                    legs,
+                    span,
+                    offset_bytes,
+                    part,
+                    check,
+                    false,
+                    prefer,
+                    exclude,
+                )
+                .await,
+            );
         }
         let (result, buf) = join(results, rest);
         (result.map(|_| ()), buf)
@@ -314,7 +385,13 @@ impl Redundancy for Mirrored {
             // Every online copy of the whole span.
             let mut copies: Vec<(usize, IoBufMut)> = Vec::new();
             for leg in span.legs().filter(|&leg| legs.is_online(leg)) {
-                let (result, data) = read_leg(legs, leg, span.pe_offset_bytes, IoBufMut::zeroed(span.len_bytes as usize)).await;
+                let (result, data) = read_leg(
+                    legs,
+                    leg,
+                    span.pe_offset_bytes,
+                    IoBufMut::zeroed(span.len_bytes as usize),
+                )
+                .await;
                 match result {
                     Ok(()) => copies.push((leg, data)),
                     Err(e) => legs.fail(leg, &e),
@@ -331,7 +408,11 @@ impl Redundancy for Mirrored {
                     .find(|(_, data)| check.matches(block_offset, &data[at..at + BLOCK]))
                     .map(|(_, data)| data[at..at + BLOCK].to_vec());
                 let disagree = |good: &[u8]| -> Vec<usize> {
-                    copies.iter().filter(|(_, data)| &data[at..at + BLOCK] != good).map(|(leg, _)| *leg).collect()
+                    copies
+                        .iter()
+                        .filter(|(_, data)| &data[at..at + BLOCK] != good)
+                        .map(|(leg, _)| *leg)
+                        .collect()
                 };
                 match good {
                     Some(good) => {
@@ -339,10 +420,14 @@ impl Redundancy for Mirrored {
                         report.mismatches += bad.len() as u64;
                         if repair && !bad.is_empty() {
                             let pe_offset = span.pe_offset_bytes + at as u64;
-                            report.repaired += rewrite(legs, &bad, pe_offset, IoBuf::copy_from(&good)).await as u64;
+                            report.repaired +=
+                                rewrite(legs, &bad, pe_offset, IoBuf::copy_from(&good)).await
+                                    as u64;
                         }
                     }
-                    None if copies.len() >= 2 && disagree(&copies[0].1[at..at + BLOCK]).is_empty() => {
+                    None if copies.len() >= 2
+                        && disagree(&copies[0].1[at..at + BLOCK]).is_empty() =>
+                    {
                         report.adopted.push(block_offset);
                     }
                     None => report.unrecoverable += 1,

@@ -49,7 +49,12 @@ impl RaidLayouts {
 
 impl Layouts for RaidLayouts {
     fn build(&self, layout: Layout, pe_bytes: u64) -> BlockResult<Arc<dyn Redundancy>> {
-        let invalid = |e: String| BlockError::new(ErrorKind::InvalidArgument, format!("{}: {e}", layout.describe()));
+        let invalid = |e: String| {
+            BlockError::new(
+                ErrorKind::InvalidArgument,
+                format!("{}: {e}", layout.describe()),
+            )
+        };
         if layout == Layout::Linear {
             return Ok(Arc::new(Linear::new(pe_bytes)));
         }
@@ -59,7 +64,11 @@ impl Layouts for RaidLayouts {
                 let codec = codec_for(&layout)
                     .map_err(|e| invalid(e.to_string()))?
                     .ok_or_else(|| invalid("no codec".into()))?;
-                Ok(Arc::new(Parity::new(geometry, codec, self.journals.clone())))
+                Ok(Arc::new(Parity::new(
+                    geometry,
+                    codec,
+                    self.journals.clone(),
+                )))
             }
         }
     }

@@ -31,11 +31,14 @@
 //! else is unrecoverable, and the read fails rather than guess.
 
 use std::hash::{Hash, Hasher};
+use std::ops::Range;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use blockvirt::volume::{BlockCheck, Legs, ReadReport, Redundancy, ScrubReport};
-use blockvirt::{BlockError, BlockResult, BufResult, ByteRange, ErrorKind, IoBuf, IoBufMut, WriteFlags};
+use blockvirt::{
+    BlockError, BlockResult, BufResult, ByteRange, ErrorKind, IoBuf, IoBufMut, WriteFlags,
+};
 use futures::future::join_all;
 use metadata::{Layout, PeAddr, PvId};
 
@@ -46,6 +49,10 @@ use crate::journal::{JournalEntry, JournalSet, JournalWrite, RowKey};
 
 /// Row locks per layout (striped: two rows may share one).
 const ROW_LOCKS: usize = 1024;
+
+/// Largest journal entry payload a row update makes (a quarter of the
+/// smallest journal ring).
+const MAX_ENTRY_BYTES: u64 = 256 << 10;
 
 #[derive(Debug)]
 pub struct Parity {
@@ -69,12 +76,18 @@ enum Verdict {
 }
 
 impl Parity {
-    pub fn new(geometry: ParityGeometry, codec: Arc<dyn ErasureCodec>, journals: Arc<JournalSet>) -> Parity {
+    pub fn new(
+        geometry: ParityGeometry,
+        codec: Arc<dyn ErasureCodec>,
+        journals: Arc<JournalSet>,
+    ) -> Parity {
         Parity {
             geometry,
             codec,
             journals,
-            row_locks: (0..ROW_LOCKS).map(|_| tokio::sync::Mutex::new(())).collect(),
+            row_locks: (0..ROW_LOCKS)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
         }
     }
 
@@ -126,7 +139,13 @@ impl Parity {
 
     /// Every shard of `row` at unit bytes `[in_unit, +len)`; `None` for a
     /// leg that is offline or fails the read (then marked failed).
-    async fn read_column(&self, legs: &Legs, row: u64, in_unit: u64, len: u64) -> Vec<Option<IoBufMut>> {
+    async fn read_column(
+        &self,
+        legs: &Legs,
+        row: u64,
+        in_unit: u64,
+        len: u64,
+    ) -> Vec<Option<IoBufMut>> {
         self.read_shards(legs, row, in_unit, len, |_| true).await
     }
 
@@ -148,7 +167,12 @@ impl Parity {
                     return None;
                 }
                 let (device, base) = legs.device(leg).ok()?;
-                let (result, buf) = device.read_at(base + row * self.unit() + in_unit, IoBufMut::zeroed(len as usize)).await;
+                let (result, buf) = device
+                    .read_at(
+                        base + row * self.unit() + in_unit,
+                        IoBufMut::zeroed(len as usize),
+                    )
+                    .await;
                 match result {
                     Ok(()) => Some(buf),
                     Err(e) => {
@@ -162,15 +186,25 @@ impl Parity {
     }
 
     /// Resolves the 4 KiB column at `at` within `column` (see module doc).
-    fn resolve(&self, column: &[Option<IoBufMut>], row: u64, in_unit: u64, at: usize, check: Option<&dyn BlockCheck>) -> Verdict {
+    fn resolve(
+        &self,
+        column: &[Option<IoBufMut>],
+        row: u64,
+        in_unit: u64,
+        at: usize,
+        check: Option<&dyn BlockCheck>,
+    ) -> Verdict {
         let (k, n) = (self.k(), self.shards());
         let block = |shard: usize| column[shard].as_ref().map(|b| &b[at..at + BLOCK]);
         let offset = |shard: usize| self.data_offset(row, shard, in_unit + at as u64);
-        let matches = |shard: usize, data: &[u8]| check.is_none_or(|c| c.matches(offset(shard), data));
+        let matches =
+            |shard: usize, data: &[u8]| check.is_none_or(|c| c.matches(offset(shard), data));
         let covered = |shard: usize| check.is_some_and(|c| c.covers(offset(shard)));
         let present: Vec<bool> = (0..n).map(|s| column[s].is_some()).collect();
         let missing: Vec<usize> = (0..k).filter(|&s| !present[s]).collect();
-        let suspects: Vec<usize> = (0..k).filter(|&s| block(s).is_some_and(|b| !matches(s, b))).collect();
+        let suspects: Vec<usize> = (0..k)
+            .filter(|&s| block(s).is_some_and(|b| !matches(s, b)))
+            .collect();
         let parity_present: Vec<usize> = (k..n).filter(|&s| present[s]).collect();
         let encode = |data: &[Vec<u8>]| -> Option<Vec<Vec<u8>>> {
             let mut parity = vec![vec![0u8; BLOCK]; n - k];
@@ -180,12 +214,18 @@ impl Parity {
             Some(parity)
         };
         let differing_parity = |parity: &[Vec<u8>]| -> Vec<usize> {
-            (k..n).filter(|&s| block(s).is_some_and(|b| b != parity[s - k].as_slice())).collect()
+            (k..n)
+                .filter(|&s| block(s).is_some_and(|b| b != parity[s - k].as_slice()))
+                .collect()
         };
 
         if missing.is_empty() {
-            let data: Vec<Vec<u8>> = (0..k).map(|s| block(s).expect("present").to_vec()).collect();
-            let Some(parity) = encode(&data) else { return Verdict::Unrecoverable };
+            let data: Vec<Vec<u8>> = (0..k)
+                .map(|s| block(s).expect("present").to_vec())
+                .collect();
+            let Some(parity) = encode(&data) else {
+                return Verdict::Unrecoverable;
+            };
             let wrong = differing_parity(&parity);
             if suspects.is_empty() {
                 // Data vouched for: parity follows from it.
@@ -223,12 +263,19 @@ impl Parity {
                     continue;
                 }
                 tried.push(erased.clone());
-                let survivors: Vec<bool> = (0..n).map(|s| present[s] && !erased.contains(&s)).collect();
+                let survivors: Vec<bool> =
+                    (0..n).map(|s| present[s] && !erased.contains(&s)).collect();
                 if survivors.iter().filter(|s| **s).count() < k {
                     continue;
                 }
                 let mut shards: Vec<Vec<u8>> = (0..n)
-                    .map(|s| if survivors[s] { block(s).expect("present").to_vec() } else { vec![0u8; BLOCK] })
+                    .map(|s| {
+                        if survivors[s] {
+                            block(s).expect("present").to_vec()
+                        } else {
+                            vec![0u8; BLOCK]
+                        }
+                    })
                     .collect();
                 let mut slices: Vec<&mut [u8]> = shards.iter_mut().map(Vec::as_mut_slice).collect();
                 if self.codec.reconstruct(&mut slices, &survivors).is_err() {
@@ -240,16 +287,30 @@ impl Parity {
                 }
                 // Suspects kept as they are stand only if a rebuilt block
                 // proved, against a real checksum, that the row is sound.
-                let adopted: Vec<usize> = suspects.iter().copied().filter(|s| !erased.contains(s)).collect();
+                let adopted: Vec<usize> = suspects
+                    .iter()
+                    .copied()
+                    .filter(|s| !erased.contains(s))
+                    .collect();
                 if !adopted.is_empty() && !rebuilt.iter().any(|&s| covered(s)) {
                     continue;
                 }
-                let Some(parity) = encode(&shards[..k]) else { continue };
-                let mut wrong: Vec<usize> = suspects.iter().copied().filter(|s| erased.contains(s)).collect();
+                let Some(parity) = encode(&shards[..k]) else {
+                    continue;
+                };
+                let mut wrong: Vec<usize> = suspects
+                    .iter()
+                    .copied()
+                    .filter(|s| erased.contains(s))
+                    .collect();
                 wrong.extend(differing_parity(&parity));
                 shards.truncate(k);
                 shards.extend(parity);
-                return Verdict::Good { shards, wrong, adopted };
+                return Verdict::Good {
+                    shards,
+                    wrong,
+                    adopted,
+                };
             }
         }
         Verdict::Unrecoverable
@@ -257,12 +318,23 @@ impl Parity {
 
     /// Writes `bytes` at unit offset `in_unit` of each listed shard of
     /// `row`, on online legs; a leg that fails is marked failed.
-    async fn put(&self, legs: &Legs, row: u64, writes: Vec<(usize, u64, IoBuf)>, flags: WriteFlags) -> usize {
+    async fn put(
+        &self,
+        legs: &Legs,
+        row: u64,
+        writes: Vec<(usize, u64, IoBuf)>,
+        flags: WriteFlags,
+    ) -> usize {
         let puts = writes.into_iter().map(|(shard, in_unit, bytes)| {
             let leg = self.geometry.shard_leg(row, shard);
             async move {
                 let result = match legs.device(leg) {
-                    Ok((device, base)) => device.write_at(base + row * self.unit() + in_unit, bytes, flags).await.0,
+                    Ok((device, base)) => {
+                        device
+                            .write_at(base + row * self.unit() + in_unit, bytes, flags)
+                            .await
+                            .0
+                    }
                     Err(e) => Err(e),
                 };
                 (leg, result)
@@ -280,24 +352,35 @@ impl Parity {
 
     /// Lost legs beyond what the layout tolerates: the row cannot be kept.
     fn check_tolerance(&self, legs: &Legs, row: u64) -> BlockResult<()> {
-        let lost = (0..self.shards()).filter(|&s| !legs.is_online(self.geometry.shard_leg(row, s))).count();
+        let lost = (0..self.shards())
+            .filter(|&s| !legs.is_online(self.geometry.shard_leg(row, s)))
+            .count();
         if lost > self.geometry.parity_shards() {
             Err(BlockError::new(
                 ErrorKind::Io,
-                format!("row {row}: {lost} legs lost, more than {} the layout survives", self.geometry.parity_shards()),
+                format!(
+                    "row {row}: {lost} legs lost, more than {} the layout survives",
+                    self.geometry.parity_shards()
+                ),
             ))
         } else {
             Ok(())
         }
     }
 
-    async fn write_row(&self, legs: &Legs, rs: RowSpan, data: IoBuf, flags: WriteFlags) -> BlockResult<()> {
-        let (k, n, unit) = (self.k(), self.shards(), self.unit());
+    async fn write_row(
+        &self,
+        legs: &Legs,
+        rs: RowSpan,
+        data: IoBuf,
+        flags: WriteFlags,
+    ) -> BlockResult<()> {
+        let unit = self.unit();
         let row = rs.row;
         let _row = self.row_lock(legs, row).lock().await;
         self.check_tolerance(legs, row)?;
-        // (shard, bytes within the unit) of the new data.
-        let pieces: Vec<(usize, std::ops::Range<u64>, IoBuf)> = rs
+        // (shard, bytes within the unit, new data) of each touched shard.
+        let pieces: Vec<(usize, Range<u64>, IoBuf)> = rs
             .shards
             .clone()
             .map(|shard| {
@@ -305,62 +388,139 @@ impl Parity {
                 let end = ((shard as u64 + 1) * unit).min(rs.row_offset_bytes + rs.len_bytes);
                 let from = (start - rs.row_offset_bytes) as usize;
                 let bytes = data.slice(from..from + (end - start) as usize);
-                (shard, start - shard as u64 * unit..end - shard as u64 * unit, bytes)
+                (
+                    shard,
+                    start - shard as u64 * unit..end - shard as u64 * unit,
+                    bytes,
+                )
             })
             .collect();
-        let hull = rs.unit_range_bytes.clone();
-        let hull_len = (hull.end - hull.start) as usize;
-        let all_online = (0..n).all(|s| legs.is_online(self.geometry.shard_leg(row, s)));
-
-        let parity: Vec<Vec<u8>> = if rs.full {
-            let inputs: Vec<&[u8]> = pieces.iter().map(|(_, _, bytes)| &bytes[..]).collect();
-            let mut parity = vec![vec![0u8; unit as usize]; n - k];
-            let mut outputs: Vec<&mut [u8]> = parity.iter_mut().map(Vec::as_mut_slice).collect();
-            self.codec.encode(&inputs, &mut outputs).map_err(codec_error)?;
-            parity
-        } else if all_online {
-            // Read-modify-write: old bytes of the changed shards, old parity.
-            let changed = rs.shards.clone();
-            let wanted = |shard: usize| changed.contains(&shard) || shard >= k;
-            let column = self.read_shards(legs, row, hull.start, hull.end - hull.start, wanted).await;
-            if (0..n).any(|s| wanted(s) && column[s].is_none()) {
-                // A leg failed during the read: retry degraded.
-                drop(_row);
-                return Box::pin(self.write_row(legs, rs, data, flags)).await;
-            }
-            let mut parity: Vec<Vec<u8>> = (k..n).map(|s| column[s].as_ref().expect("read").to_vec()).collect();
-            for (shard, range, bytes) in &pieces {
-                let old = column[*shard].as_ref().expect("read");
-                let mut delta = vec![0u8; hull_len];
-                let at = (range.start - hull.start) as usize;
-                for (i, byte) in bytes.iter().enumerate() {
-                    delta[at + i] = old[at + i] ^ byte;
-                }
-                let mut outputs: Vec<&mut [u8]> = parity.iter_mut().map(Vec::as_mut_slice).collect();
-                self.codec.update_parity(*shard, &delta, &mut outputs).map_err(codec_error)?;
-            }
-            parity
+        let hull = if rs.full {
+            0..unit
         } else {
-            // Degraded: rebuild the old column, apply the new data, encode.
-            let column = self.read_column(legs, row, hull.start, hull.end - hull.start).await;
+            rs.unit_range_bytes.clone()
+        };
+        // Parity is computed byte by byte, so a row can be updated in
+        // column slices; each slice's journal entry stays well inside the
+        // smallest journal ring.
+        let slice_bytes = ((MAX_ENTRY_BYTES / self.shards() as u64) / BLOCK as u64 * BLOCK as u64)
+            .max(BLOCK as u64);
+        let mut start = hull.start;
+        while start < hull.end {
+            let cols = start..(start + slice_bytes).min(hull.end);
+            let in_slice: Vec<(usize, Range<u64>, IoBuf)> = pieces
+                .iter()
+                .filter_map(|(shard, range, bytes)| {
+                    let from = range.start.max(cols.start);
+                    let to = range.end.min(cols.end);
+                    (from < to).then(|| {
+                        let at = (from - range.start) as usize;
+                        (*shard, from..to, bytes.slice(at..at + (to - from) as usize))
+                    })
+                })
+                .collect();
+            if !in_slice.is_empty() {
+                self.write_slice(legs, row, cols.clone(), in_slice, rs.full, flags)
+                    .await?;
+            }
+            start = cols.end;
+        }
+        Ok(())
+    }
+
+    /// Writes the new data of one column slice of a row (the row lock
+    /// held): new parity, journal entry, data and parity in place.
+    async fn write_slice(
+        &self,
+        legs: &Legs,
+        row: u64,
+        cols: Range<u64>,
+        pieces: Vec<(usize, Range<u64>, IoBuf)>,
+        full: bool,
+        flags: WriteFlags,
+    ) -> BlockResult<()> {
+        let (k, n) = (self.k(), self.shards());
+        let cols_len = (cols.end - cols.start) as usize;
+        let mut degraded = !(0..n).all(|s| legs.is_online(self.geometry.shard_leg(row, s)));
+        let parity: Vec<Vec<u8>> = loop {
+            if full {
+                let inputs: Vec<&[u8]> = pieces.iter().map(|(_, _, bytes)| &bytes[..]).collect();
+                let mut parity = vec![vec![0u8; cols_len]; n - k];
+                let mut outputs: Vec<&mut [u8]> =
+                    parity.iter_mut().map(Vec::as_mut_slice).collect();
+                self.codec
+                    .encode(&inputs, &mut outputs)
+                    .map_err(codec_error)?;
+                break parity;
+            }
+            if !degraded {
+                // Read-modify-write: old bytes of the changed shards, old parity.
+                let wanted =
+                    |shard: usize| shard >= k || pieces.iter().any(|(s, _, _)| *s == shard);
+                let column = self
+                    .read_shards(legs, row, cols.start, cols.end - cols.start, wanted)
+                    .await;
+                if (0..n).any(|s| wanted(s) && column[s].is_none()) {
+                    degraded = true; // a leg failed during the read
+                    continue;
+                }
+                let mut parity: Vec<Vec<u8>> = (k..n)
+                    .map(|s| column[s].as_ref().expect("read").to_vec())
+                    .collect();
+                for (shard, range, bytes) in &pieces {
+                    let old = column[*shard].as_ref().expect("read");
+                    let mut delta = vec![0u8; cols_len];
+                    let at = (range.start - cols.start) as usize;
+                    for (i, byte) in bytes.iter().enumerate() {
+                        delta[at + i] = old[at + i] ^ byte;
+                    }
+                    let mut outputs: Vec<&mut [u8]> =
+                        parity.iter_mut().map(Vec::as_mut_slice).collect();
+                    self.codec
+                        .update_parity(*shard, &delta, &mut outputs)
+                        .map_err(codec_error)?;
+                }
+                break parity;
+            }
+            // Degraded: rebuild the old columns, apply the new data, encode.
+            let column = self
+                .read_column(legs, row, cols.start, cols.end - cols.start)
+                .await;
             let present: Vec<bool> = column.iter().map(Option::is_some).collect();
-            let mut shards: Vec<Vec<u8>> = column.iter().map(|c| c.as_ref().map_or_else(|| vec![0u8; hull_len], |b| b.to_vec())).collect();
+            let mut shards: Vec<Vec<u8>> = column
+                .iter()
+                .map(|c| {
+                    c.as_ref()
+                        .map_or_else(|| vec![0u8; cols_len], |b| b.to_vec())
+                })
+                .collect();
             let mut slices: Vec<&mut [u8]> = shards.iter_mut().map(Vec::as_mut_slice).collect();
-            self.codec.reconstruct_data(&mut slices, &present).map_err(codec_error)?;
+            self.codec
+                .reconstruct_data(&mut slices, &present)
+                .map_err(codec_error)?;
             for (shard, range, bytes) in &pieces {
-                let at = (range.start - hull.start) as usize;
+                let at = (range.start - cols.start) as usize;
                 shards[*shard][at..at + bytes.len()].copy_from_slice(bytes);
             }
             let inputs: Vec<&[u8]> = shards[..k].iter().map(Vec::as_slice).collect();
-            let mut parity = vec![vec![0u8; hull_len]; n - k];
+            let mut parity = vec![vec![0u8; cols_len]; n - k];
             let mut outputs: Vec<&mut [u8]> = parity.iter_mut().map(Vec::as_mut_slice).collect();
-            self.codec.encode(&inputs, &mut outputs).map_err(codec_error)?;
-            parity
+            self.codec
+                .encode(&inputs, &mut outputs)
+                .map_err(codec_error)?;
+            break parity;
         };
 
-        let parity_start = if rs.full { 0 } else { hull.start };
-        let mut writes: Vec<(usize, u64, IoBuf)> = pieces.iter().map(|(shard, range, bytes)| (*shard, range.start, bytes.clone())).collect();
-        writes.extend(parity.iter().enumerate().map(|(j, p)| (k + j, parity_start, IoBuf::copy_from(p))));
+        let mut writes: Vec<(usize, u64, IoBuf)> = pieces
+            .iter()
+            .map(|(shard, range, bytes)| (*shard, range.start, bytes.clone()))
+            .collect();
+        writes.extend(
+            parity
+                .iter()
+                .enumerate()
+                .map(|(j, p)| (k + j, cols.start, IoBuf::copy_from(p))),
+        );
         let online: Vec<(usize, u64, IoBuf)> = writes
             .into_iter()
             .filter(|(shard, _, _)| legs.is_online(self.geometry.shard_leg(row, *shard)))
@@ -368,7 +528,8 @@ impl Parity {
 
         let parity_pvs = self.parity_pvs(legs, row);
         let key = self.row_key(legs, row);
-        let journaled = !parity_pvs.is_empty() && (!rs.full || self.journals.has_unretired(&parity_pvs, key));
+        let journaled =
+            !parity_pvs.is_empty() && (!full || self.journals.has_unretired(&parity_pvs, key));
         let tickets = if journaled {
             let entry = JournalEntry {
                 row: key,
@@ -378,7 +539,7 @@ impl Parity {
                         let leg = &legs.legs[self.geometry.shard_leg(row, *shard)];
                         JournalWrite {
                             pv: leg.pv,
-                            offset_bytes: leg.base_bytes + row * unit + in_unit,
+                            offset_bytes: leg.base_bytes + row * self.unit() + in_unit,
                             data: bytes.clone(),
                         }
                     })
@@ -413,7 +574,9 @@ impl Parity {
             part = back;
             match result {
                 Ok(()) => {
-                    let bad = check.map(|c| failing_blocks(c, offset_bytes, &part)).unwrap_or_default();
+                    let bad = check
+                        .map(|c| failing_blocks(c, offset_bytes, &part))
+                        .unwrap_or_default();
                     if bad.is_empty() {
                         return (Ok(ReadReport::default()), part);
                     }
@@ -424,26 +587,39 @@ impl Parity {
         // Resolve the whole span from its row.
         let in_unit = span.pe_offset_bytes % self.unit();
         let _row = self.row_lock(legs, span.row).lock().await;
-        let column = self.read_column(legs, span.row, in_unit, span.len_bytes).await;
+        let column = self
+            .read_column(legs, span.row, in_unit, span.len_bytes)
+            .await;
         let mut report = ReadReport::default();
         let mut rewrites: Vec<(usize, u64, IoBuf)> = Vec::new();
         for at in (0..span.len_bytes as usize).step_by(BLOCK) {
             match self.resolve(&column, span.row, in_unit, at, check) {
-                Verdict::Good { shards, wrong, adopted } => {
+                Verdict::Good {
+                    shards,
+                    wrong,
+                    adopted,
+                } => {
                     part[at..at + BLOCK].copy_from_slice(&shards[span.shard]);
                     report.mismatches += wrong.len() as u64;
                     for shard in wrong {
-                        rewrites.push((shard, in_unit + at as u64, IoBuf::copy_from(&shards[shard])));
+                        rewrites.push((
+                            shard,
+                            in_unit + at as u64,
+                            IoBuf::copy_from(&shards[shard]),
+                        ));
                     }
                     if adopted.contains(&span.shard) {
                         report.adopted.push(offset_bytes + at as u64);
                     }
                 }
-                Verdict::Unrecoverable => return (Err(unrecoverable(offset_bytes + at as u64)), part),
+                Verdict::Unrecoverable => {
+                    return (Err(unrecoverable(offset_bytes + at as u64)), part)
+                }
             }
         }
         if repair && !rewrites.is_empty() {
-            self.put(legs, span.row, rewrites, WriteFlags::empty()).await;
+            self.put(legs, span.row, rewrites, WriteFlags::empty())
+                .await;
         }
         (Ok(report), part)
     }
@@ -456,7 +632,10 @@ fn parity_subsets(parity: &[usize], max: usize) -> Vec<Vec<usize>> {
         let mut indexes: Vec<usize> = (0..size).collect();
         loop {
             subsets.push(indexes.iter().map(|&i| parity[i]).collect());
-            let Some(i) = (0..size).rev().find(|&i| indexes[i] != i + parity.len() - size) else {
+            let Some(i) = (0..size)
+                .rev()
+                .find(|&i| indexes[i] != i + parity.len() - size)
+            else {
                 break;
             };
             indexes[i] += 1;
@@ -490,27 +669,58 @@ impl Redundancy for Parity {
         check: Option<&dyn BlockCheck>,
         repair: bool,
     ) -> (BlockResult<ReadReport>, IoBufMut) {
-        let spans: Vec<Span> = self.stripe().spans(offset_bytes, buf.len() as u64).collect();
+        let spans: Vec<Span> = self
+            .stripe()
+            .spans(offset_bytes, buf.len() as u64)
+            .collect();
         let (parts, rest) = split(buf, spans.iter().map(|s| s.len_bytes as usize));
         let reads = spans.iter().zip(parts).map(|(span, part)| {
-            self.read_span(legs, *span, offset_bytes + span.request_offset_bytes, part, check, repair)
+            self.read_span(
+                legs,
+                *span,
+                offset_bytes + span.request_offset_bytes,
+                part,
+                check,
+                repair,
+            )
         });
         join(join_all(reads).await, rest)
     }
 
-    async fn write(&self, legs: &Legs, offset_bytes: u64, data: IoBuf, flags: WriteFlags) -> BlockResult<()> {
-        let rows: Vec<RowSpan> = self.geometry.rows(offset_bytes, data.len() as u64).collect();
+    async fn write(
+        &self,
+        legs: &Legs,
+        offset_bytes: u64,
+        data: IoBuf,
+        flags: WriteFlags,
+    ) -> BlockResult<()> {
+        let rows: Vec<RowSpan> = self
+            .geometry
+            .rows(offset_bytes, data.len() as u64)
+            .collect();
         let writes = rows.into_iter().map(|rs| {
-            let bytes = data.slice(rs.request_offset_bytes as usize..(rs.request_offset_bytes + rs.len_bytes) as usize);
+            let bytes = data.slice(
+                rs.request_offset_bytes as usize..(rs.request_offset_bytes + rs.len_bytes) as usize,
+            );
             self.write_row(legs, rs, bytes, flags)
         });
         join_all(writes).await.into_iter().collect()
     }
 
-    async fn write_zeroes(&self, legs: &Legs, offset_bytes: u64, len_bytes: u64) -> BlockResult<()> {
+    async fn write_zeroes(
+        &self,
+        legs: &Legs,
+        offset_bytes: u64,
+        len_bytes: u64,
+    ) -> BlockResult<()> {
         // Through the parity path: the row's parity must follow.
-        self.write(legs, offset_bytes, IoBuf::zeroed(len_bytes as usize), WriteFlags::empty())
-            .await
+        self.write(
+            legs,
+            offset_bytes,
+            IoBuf::zeroed(len_bytes as usize),
+            WriteFlags::empty(),
+        )
+        .await
     }
 
     async fn release(&self, legs: &Legs, offset_bytes: u64, len_bytes: u64) -> BlockResult<()> {
@@ -522,7 +732,10 @@ impl Redundancy for Parity {
         }
         let discards = (0..self.shards()).map(|leg| async move {
             if let Ok((device, base)) = legs.device(leg) {
-                if let Err(e) = device.discard(ByteRange::new(base, self.geometry.pe_bytes())).await {
+                if let Err(e) = device
+                    .discard(ByteRange::new(base, self.geometry.pe_bytes()))
+                    .await
+                {
                     tracing::warn!("releasing space on PV id {}: {e}", legs.legs[leg].pv);
                 }
             }
@@ -539,7 +752,10 @@ impl Redundancy for Parity {
         buf: IoBufMut,
         check: Option<&dyn BlockCheck>,
     ) -> BufResult<IoBufMut> {
-        let pieces: Vec<_> = self.stripe().leg_pieces(leg, pe_offset_bytes, buf.len() as u64).collect();
+        let pieces: Vec<_> = self
+            .stripe()
+            .leg_pieces(leg, pe_offset_bytes, buf.len() as u64)
+            .collect();
         let (parts, rest) = split(buf, pieces.iter().map(|p| p.len_bytes as usize));
         let mut results = Vec::with_capacity(parts.len());
         for (piece, mut part) in pieces.iter().zip(parts) {
@@ -549,13 +765,21 @@ impl Redundancy for Parity {
                 LegContent::Parity { index } => self.k() + index,
             };
             let _row = self.row_lock(legs, piece.row).lock().await;
-            let column = self.read_column(legs, piece.row, in_unit, piece.len_bytes).await;
+            let column = self
+                .read_column(legs, piece.row, in_unit, piece.len_bytes)
+                .await;
             let mut outcome = Ok(ReadReport::default());
             for at in (0..piece.len_bytes as usize).step_by(BLOCK) {
                 match self.resolve(&column, piece.row, in_unit, at, check) {
-                    Verdict::Good { shards, .. } => part[at..at + BLOCK].copy_from_slice(&shards[shard]),
+                    Verdict::Good { shards, .. } => {
+                        part[at..at + BLOCK].copy_from_slice(&shards[shard])
+                    }
                     Verdict::Unrecoverable => {
-                        let offset = self.data_offset(piece.row, shard.min(self.k() - 1), in_unit + at as u64);
+                        let offset = self.data_offset(
+                            piece.row,
+                            shard.min(self.k() - 1),
+                            in_unit + at as u64,
+                        );
                         outcome = Err(unrecoverable(offset));
                         break;
                     }
@@ -587,12 +811,18 @@ impl Redundancy for Parity {
             for at in (0..unit as usize).step_by(BLOCK) {
                 report.blocks_checked += self.k() as u64;
                 match self.resolve(&column, row, 0, at, Some(check)) {
-                    Verdict::Good { shards, wrong, adopted } => {
+                    Verdict::Good {
+                        shards,
+                        wrong,
+                        adopted,
+                    } => {
                         report.mismatches += wrong.len() as u64;
                         for shard in wrong {
                             rewrites.push((shard, at as u64, IoBuf::copy_from(&shards[shard])));
                         }
-                        report.adopted.extend(adopted.iter().map(|&s| self.data_offset(row, s, at as u64)));
+                        report
+                            .adopted
+                            .extend(adopted.iter().map(|&s| self.data_offset(row, s, at as u64)));
                     }
                     Verdict::Unrecoverable => report.unrecoverable += 1,
                 }
@@ -615,7 +845,10 @@ impl Redundancy for Parity {
         let zeroes = (0..self.shards()).map(|leg| async move {
             let (device, base) = legs.device(leg)?;
             device
-                .write_zeroes(ByteRange::new(base, self.geometry.pe_bytes()), blockvirt::ZeroFlags::empty())
+                .write_zeroes(
+                    ByteRange::new(base, self.geometry.pe_bytes()),
+                    blockvirt::ZeroFlags::empty(),
+                )
                 .await
         });
         join_all(zeroes).await.into_iter().collect()

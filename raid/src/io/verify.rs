@@ -8,14 +8,20 @@ pub(crate) const BLOCK: usize = CHECKSUM_BLOCK_BYTES;
 
 /// Splits `buf` into consecutive parts of `lens` bytes (which must add up
 /// to its length).
-pub(crate) fn split(mut buf: IoBufMut, lens: impl Iterator<Item = usize>) -> (Vec<IoBufMut>, IoBufMut) {
+pub(crate) fn split(
+    mut buf: IoBufMut,
+    lens: impl Iterator<Item = usize>,
+) -> (Vec<IoBufMut>, IoBufMut) {
     let parts = lens.map(|len| buf.split_to(len)).collect();
     (parts, buf)
 }
 
 /// Joins parts from [`split`] back in order, merging their reports; the
 /// first error wins.
-pub(crate) fn join(results: Vec<(BlockResult<ReadReport>, IoBufMut)>, rest: IoBufMut) -> (BlockResult<ReadReport>, IoBufMut) {
+pub(crate) fn join(
+    results: Vec<(BlockResult<ReadReport>, IoBufMut)>,
+    rest: IoBufMut,
+) -> (BlockResult<ReadReport>, IoBufMut) {
     let mut outcome: BlockResult<ReadReport> = Ok(ReadReport::default());
     let mut whole: Option<IoBufMut> = None;
     for (result, part) in results {
