@@ -448,11 +448,15 @@ async fn pvmove_moves_every_leg_off_a_pv() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reused_pes_keep_parity_consistent() {
-    for layout in redundant_layouts()
+    let parity_layouts = redundant_layouts()
         .into_iter()
-        .filter(|l| l.unit_bytes().is_some() && l.legs() > l.tolerance() + 1)
-    {
-        let name = layout.describe();
+        .filter(|l| l.unit_bytes().is_some() && l.legs() > l.tolerance() + 1);
+    for (layout, thin) in parity_layouts.flat_map(|l| [(l, true), (l, false)]) {
+        let name = format!(
+            "{} {}",
+            if thin { "thin" } else { "thick" },
+            layout.describe()
+        );
         let pool = Pool::new(6, 16, 7).await;
         // Fill every PE with junk through a linear LV, then free them.
         pool.service
@@ -465,10 +469,11 @@ async fn reused_pes_keep_parity_consistent() {
         }
         pool.service.remove_lv("vg", "junk").unwrap();
         pool.service
-            .create_lv("vg", "lv", 8 * MIB, true, layout)
+            .create_lv("vg", "lv", 8 * MIB, thin, layout)
             .unwrap();
         let lv = pool.open("lv").await;
-        // A small write into a row of junk-filled PEs, then a lost leg.
+        // A small write into a row of junk-filled PEs (a thick LV got them
+        // at creation, a thin one at this write), then a lost leg.
         let small = pattern(10, 4096);
         write(&lv, 0, &small).await;
         lv.flush().await.unwrap();

@@ -175,7 +175,7 @@ impl Inner {
         {
             let guard = slot.placement.read().await;
             if let Some(placement) = guard.as_ref() {
-                if touched & !covered & !slot.written() == 0 {
+                if slot.is_ready() && touched & !covered & !slot.written() == 0 {
                     let legs = self.legs(placement);
                     self.redundancy
                         .write(&legs, piece.offset_bytes, data.clone(), flags)
@@ -203,12 +203,15 @@ impl Inner {
         }
         let placement = guard.as_ref().expect("mapped above");
         let legs = self.legs(placement);
-        if newly_mapped {
+        if !slot.is_ready() {
             if let Err(e) = self.redundancy.initialize(&legs).await {
-                let unused = guard.take().expect("mapped above");
-                self.reservation.lock().push(unused);
+                if newly_mapped {
+                    let unused = guard.take().expect("mapped above");
+                    self.reservation.lock().push(unused);
+                }
                 return Err(e);
             }
+            slot.ready.store(true, Ordering::Release);
         }
         let init = touched & !covered & !slot.written();
         let (start, stop) = self.geometry.widen(&piece, init);
@@ -229,6 +232,7 @@ impl Inner {
             if newly_mapped {
                 // No commit could see it (we held the extent): reuse it.
                 let unused = guard.take().expect("mapped above");
+                slot.ready.store(false, Ordering::Release);
                 self.reservation.lock().push(unused);
             }
             return Err(e);
@@ -306,6 +310,7 @@ impl Inner {
                 return Err(e);
             }
             *guard = Some(placement);
+            slot.ready.store(true, Ordering::Release);
             if self.checksummed {
                 *slot.checksums.lock() = vec![0; self.geometry.blocks_per_extent()];
             }
@@ -340,6 +345,7 @@ impl Inner {
                 .await?;
             self.update_bits(&slot, piece.le, |_| 0);
             *guard = None;
+            slot.ready.store(false, Ordering::Release);
             slot.checksums.lock().clear();
             self.placement_changed(&slot, piece.le);
             let mut dirty = self.dirty.lock();

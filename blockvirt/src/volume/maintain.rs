@@ -1,6 +1,5 @@
 //! Online maintenance of a volume's placed extents: replacing legs (repair
-//! after a PV failed, pvmove off a PV), scrubbing, and readying extents
-//! a thick LV got at creation.
+//! after a PV failed, pvmove off a PV) and scrubbing.
 //!
 //! Each operation works one extent at a time with the extent to itself
 //! (its placement lock held exclusively), so I/O to every other extent
@@ -206,24 +205,6 @@ impl ThinVolume {
             }
         }
         Ok(report)
-    }
-
-    /// Readies every mapped extent that holds no written data yet (a thick
-    /// LV's extents, allocated at creation): see `Redundancy::initialize`.
-    pub async fn initialize_unwritten(&self) -> BlockResult<u64> {
-        let inner = &self.inner;
-        let mut count = 0;
-        for le in 0..self.extent_count() {
-            let slot = inner.slot(le);
-            let guard = slot.placement.write().await;
-            if let Some(placement) = guard.as_ref() {
-                if slot.written() == 0 {
-                    inner.redundancy.initialize(&inner.legs(placement)).await?;
-                    count += 1;
-                }
-            }
-        }
-        Ok(count)
     }
 }
 

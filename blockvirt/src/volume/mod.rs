@@ -17,7 +17,8 @@
 //! extent), and for redundant layouts a checksum per 4 KiB block. Clear
 //! chunks read as zeroes whatever the PEs hold, so a PE freed by one LV and
 //! handed to another never shows the old data, and nothing is zeroed at
-//! allocation. The first write into a chunk that does not cover it whole
+//! allocation (parity layouts aside: their legs are zeroed before an
+//! extent's first write, see `Redundancy::initialize`). The first write into a chunk that does not cover it whole
 //! writes the rest of the chunk as zeroes.
 //!
 //! Locking, per extent: reads, and writes into chunks already written (or
@@ -112,11 +113,20 @@ struct Slot {
     bits: Mutex<Bits>,
     /// Per-4 KiB-block checksums; empty unless the layout is redundant.
     checksums: Mutex<Vec<u32>>,
+    /// The placed extent went through `Redundancy::initialize` (or holds
+    /// written data, which it did before its first write). Until then the
+    /// first write initializes it: a thick LV's extents are placed at
+    /// creation, on PEs holding whatever their previous owner left.
+    ready: AtomicBool,
 }
 
 impl Slot {
     fn written(&self) -> u64 {
         self.bits.lock().written
+    }
+
+    fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
     }
 
     /// True when the extent's map entry on disk is the one in memory.
@@ -483,6 +493,7 @@ impl Inner {
 fn install(slot: &Slot, entry: ExtentEntry, geometry: &Geometry, checksummed: bool) {
     *slot.placement.try_write().expect("not shared yet") = Some(entry.placement);
     slot.bits.lock().written = entry.written;
+    slot.ready.store(entry.written != 0, Ordering::Release);
     if checksummed {
         *slot.checksums.lock() = vec![0; geometry.blocks_per_extent()];
     }
