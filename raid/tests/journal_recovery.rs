@@ -145,6 +145,38 @@ fn a_journal_missing_at_one_start_is_ignored_when_it_returns() {
 }
 
 #[test]
+fn a_journal_unreadable_at_recovery_fails_its_pv_and_its_copy_is_not_needed() {
+    let world = world(3);
+    let e = entry(0, vec![world.write(3, 0, 1, 1)]);
+    runtime().block_on(async {
+        let set = recovered(&world).await;
+        let tickets = set.log(&[1, 2], &e).await.expect("log");
+        set.completed(tickets);
+    });
+    world.crash();
+    runtime().block_on(async {
+        let pvs = world.pv_set();
+        let set = world.open(pvs.clone()).await;
+        world.pv(1).disk.fail();
+        let report = set.recover().await.expect("recovery goes on");
+        assert!(pvs.is_failed(1), "an unreadable journal fails its PV");
+        assert!(!report.journals[&1].read, "{report:?}");
+        assert_eq!(report.entries_replayed, 1, "replayed from PV 2's copy");
+        assert!(world.holds(&e.writes[0]));
+        let tickets = set.log(&[2], &e).await.expect("the set works on");
+        set.completed(tickets);
+    });
+    world.crash();
+    // PV 1 answers again with its entry, in an epoch now superseded.
+    world.pv(1).disk.recover();
+    let report = runtime().block_on(async {
+        let set = world.open(world.pv_set()).await;
+        set.recover().await.expect("recover")
+    });
+    assert_eq!(report.journals[&1].entries_stale, 1, "{report:?}");
+}
+
+#[test]
 fn targets_on_failed_or_absent_pvs_are_skipped() {
     let world = world(4);
     let e = entry(
@@ -398,6 +430,27 @@ fn a_pv_added_at_run_time_gets_an_empty_journal_in_the_current_epoch() {
     let report = runtime().block_on(recovered_report(&world));
     assert_eq!(report.entries_replayed, 1, "{report:?}");
     assert!(world.holds(&e.writes[0]));
+}
+
+#[test]
+fn a_removed_journal_retires_its_entries_first() {
+    let world = world(3);
+    let e = entry(0, vec![world.write(1, 0, 5, 1)]);
+    runtime().block_on(async {
+        let set = recovered(&world).await;
+        let tickets = set.log(&[3], &e).await.expect("log");
+        world.in_place(&e).await;
+        set.completed(tickets);
+        set.remove(3).await.expect("remove");
+        let err = set.log(&[3], &e).await.expect_err("no journal on PV 3");
+        assert_eq!(err.kind(), ErrorKind::NotFound);
+        let err = set.remove(3).await.expect_err("removed twice");
+        assert_eq!(err.kind(), ErrorKind::NotFound);
+    });
+    world.crash();
+    assert!(world.holds(&e.writes[0]), "its target was flushed");
+    let report = runtime().block_on(recovered_report(&world));
+    assert_eq!(report.entries_replayed, 0, "{report:?}");
 }
 
 async fn recovered_report(world: &World) -> raid::journal::RecoveryReport {

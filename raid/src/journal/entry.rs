@@ -189,6 +189,10 @@ pub struct RecoveryReport {
     /// Entries whose checksums held but with a target outside its PV's data
     /// area; never replayed (a bug or a foreign journal; logged).
     pub entries_invalid: u64,
+    /// Entries no copy of which could be read any more: every journal that
+    /// held one failed during the recovery (and with it the row's parity,
+    /// so nothing is left that the entry could make consistent).
+    pub entries_unreadable: u64,
     /// Per journal, by PV.
     pub journals: BTreeMap<PvId, JournalRecovery>,
 }
@@ -196,7 +200,8 @@ pub struct RecoveryReport {
 /// One journal's part in a recovery.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct JournalRecovery {
-    /// False when the PV was failed or absent: its journal was not read.
+    /// False when the PV was failed or absent, or its journal could not be
+    /// read (the PV is then marked failed): its entries were not used.
     pub read: bool,
     /// Valid entries found from the tail on.
     pub entries_found: u64,

@@ -81,7 +81,9 @@
 //! and is returned to the caller (the layout then treats the PV as
 //! failed). A target PV that fails a flush at a checkpoint, or a write or
 //! flush during replay, is marked failed in the `PvSet`, as any layout I/O
-//! error does. Nothing read from disk is trusted before its checksum.
+//! error does; so is a PV whose journal recovery cannot read or rewrite
+//! (recovery goes on without it). Nothing read from disk is trusted before
+//! its checksum.
 //!
 //! Callers must not hold tickets they have not handed back while they log
 //! again on the same journals: a full ring waits for those tickets.
@@ -272,12 +274,33 @@ impl JournalSet {
         Ok(())
     }
 
+    /// Drops the journal of a PV leaving the server (`pvremove`), after
+    /// retiring its entries if the PV still works. Nothing may log on it
+    /// any more: the PV holds no extent of any LV.
+    pub async fn remove(&self, pv: PvId) -> BlockResult<()> {
+        let journal = self.inner.journals.read().get(&pv).cloned();
+        let Some(journal) = journal else {
+            return Err(BlockError::new(
+                ErrorKind::NotFound,
+                format!("PV id {pv} has no journal"),
+            ));
+        };
+        if !self.inner.pvs.is_failed(pv) {
+            journal
+                .checkpoint(&self.inner.pvs, Retire::AllLogged)
+                .await?;
+        }
+        self.inner.journals.write().remove(&pv);
+        Ok(())
+    }
+
     /// Replays every unretired entry of every journal (merged across
     /// copies, in log order) onto its targets, skipping targets whose PV is
     /// failed or absent; flushes the targets; then empties the journals.
-    /// Runs once, at start, before any volume opens. After an error (a
-    /// journal that cannot be read) it may run again, once the caller has
-    /// marked the PV failed.
+    /// Runs once, at start, before any volume opens. A journal that
+    /// cannot be read or rewritten fails its PV (through the `PvSet`, as
+    /// any I/O error does) and recovery goes on without it. After an error
+    /// (an entry that no longer reads back as scanned) it may run again.
     pub async fn recover(&self) -> BlockResult<RecoveryReport> {
         if self.inner.recovered.load(Ordering::Acquire)
             || self.inner.recovering.swap(true, Ordering::AcqRel)

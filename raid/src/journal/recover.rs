@@ -60,11 +60,17 @@ pub(super) async fn recover(
         let mut part = JournalRecovery::default();
         if !pvs.is_failed(journal.pv) {
             let header = journal.lock().header;
-            let scan = journal.scan(&header).await?;
-            part.read = true;
-            part.entries_found = scan.entries.len() as u64;
-            part.torn_entries = u64::from(scan.torn);
-            scans.push((journal, scan));
+            match journal.scan(&header).await {
+                Ok(scan) => {
+                    part.read = true;
+                    part.entries_found = scan.entries.len() as u64;
+                    part.torn_entries = u64::from(scan.torn);
+                    scans.push((journal, scan));
+                }
+                // As any I/O error does, this fails the PV: its columns are
+                // rebuilt from the others, so its entries are not needed.
+                Err(e) => pvs.fail(journal.pv, &format!("journal unreadable: {e}")),
+            }
         }
         report.journals.insert(journal.pv, part);
     }
@@ -93,14 +99,18 @@ pub(super) async fn recover(
 
     let mut touched = BTreeSet::new();
     for (id, copies) in &copies {
-        let (header, payload) = read_one_copy(*id, copies).await?;
-        replay(pvs, header, &payload, &mut report, &mut touched).await;
+        match read_one_copy(pvs, *id, copies).await? {
+            Some((header, payload)) => {
+                replay(pvs, header, &payload, &mut report, &mut touched).await
+            }
+            None => report.entries_unreadable += 1,
+        }
     }
     let touched: Vec<PvId> = touched.into_iter().collect();
     flush_targets(pvs, &touched).await;
 
     report.epoch = newest + 1;
-    for (journal, scan) in &scans {
+    for (journal, scan) in scans.iter().filter(|(j, _)| !pvs.is_failed(j.pv)) {
         let header = {
             let state = journal.lock();
             super::format::JournalHeader {
@@ -123,8 +133,11 @@ pub(super) async fn recover(
         )
         .await
         {
+            // Its entries stay behind in an older epoch, which the next
+            // recovery ignores.
             journal.poison(&e);
-            return Err(e);
+            pvs.fail(journal.pv, &format!("journal header write: {e}"));
+            continue;
         }
         journal.lock().reset(header);
         journal.bump();
@@ -133,27 +146,37 @@ pub(super) async fn recover(
     Ok(report)
 }
 
-/// The first copy of an entry that still reads back whole.
+/// The first copy of an entry that still reads back whole; `None` when
+/// every copy's journal failed (those PVs are marked failed).
 async fn read_one_copy<'a>(
+    pvs: &PvSet,
     id: u64,
     copies: &[(&Arc<PvJournal>, &'a Found)],
-) -> BlockResult<(&'a EntryHeader, IoBuf)> {
+) -> BlockResult<Option<(&'a EntryHeader, IoBuf)>> {
+    let mut changed = false;
     for (journal, found) in copies {
-        if let Some(payload) = journal
+        match journal
             .read_payload(found.offset_bytes, &found.header)
-            .await?
+            .await
         {
-            return Ok((&found.header, payload));
+            Ok(Some(payload)) => return Ok(Some((&found.header, payload))),
+            Ok(None) => {
+                changed = true;
+                tracing::warn!(
+                    "journal on PV id {}: entry id {id} changed since the scan",
+                    journal.pv
+                );
+            }
+            Err(e) => pvs.fail(journal.pv, &format!("journal unreadable: {e}")),
         }
-        tracing::warn!(
-            "journal on PV id {}: entry id {id} changed since the scan",
-            journal.pv
-        );
     }
-    Err(BlockError::new(
-        ErrorKind::Corrupt,
-        format!("journal entry id {id}: no copy reads back as scanned"),
-    ))
+    if changed {
+        return Err(BlockError::new(
+            ErrorKind::Corrupt,
+            format!("journal entry id {id}: no copy reads back as scanned"),
+        ));
+    }
+    Ok(None)
 }
 
 /// Writes one entry's bytes in place. Targets on failed or absent PVs are
