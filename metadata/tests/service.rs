@@ -349,3 +349,32 @@ fn reservations_shrink_as_the_pool_fills() {
     assert!(svc.reserve(grant.token, 1).unwrap().is_empty());
     assert_eq!(svc.vg_reports()[0].data_percent(), 100.0);
 }
+
+#[test]
+fn nothing_new_is_placed_on_a_pv_being_emptied() {
+    let fx = Fixture::new();
+    let svc = pool(&fx, 3, 10);
+    let leaving = svc.pv_records()[0].id;
+    svc.set_evacuating(leaving, true).unwrap();
+    let report = |svc: &Service| {
+        svc.pv_reports()
+            .into_iter()
+            .find(|pv| pv.record.id == leaving)
+            .unwrap()
+    };
+    assert!(!report(&svc).allocatable);
+    assert_eq!(vg_free(&svc), 20, "its free extents do not count");
+    svc.create_lv("vg", "lv", 100 * MIB, true, Layout::Raid1 { copies: 2 })
+        .unwrap();
+    let grant = svc.acquire("vg", "lv", "test").unwrap();
+    let placed = reserve_n(&svc, grant.token, 5);
+    assert!(placed.iter().flatten().all(|pe| pe.pv != leaving));
+    let spare = svc.reserve_pe(grant.token, &[]).unwrap().unwrap();
+    assert_ne!(spare.pv, leaving);
+    svc.set_evacuating(leaving, false).unwrap();
+    assert!(report(&svc).allocatable);
+    assert!(matches!(
+        svc.set_evacuating(9999, true),
+        Err(MetaError::NotFound(_))
+    ));
+}

@@ -424,6 +424,23 @@ impl Service {
         Ok(())
     }
 
+    /// Stops (or resumes) placing new extents on a PV, while pvmove
+    /// empties it.
+    pub fn set_evacuating(&self, pv: PvId, evacuating: bool) -> MetaResult<()> {
+        let mut st = self.state.lock();
+        if !st.pvs.contains_key(&pv) {
+            return Err(MetaError::NotFound(format!(
+                "physical volume id {pv} not found"
+            )));
+        }
+        if evacuating {
+            st.evacuating.insert(pv);
+        } else {
+            st.evacuating.remove(&pv);
+        }
+        Ok(())
+    }
+
     /// Sets what happens when a PV of the VG fails.
     pub fn set_fault_policy(&self, vg_name: &str, policy: FaultPolicy) -> MetaResult<VgRecord> {
         let mut st = self.state.lock();

@@ -74,6 +74,9 @@ struct State {
     /// Which logical extents have a leg on each PV (for health reports,
     /// repair and pvmove).
     legs_on_pv: HashMap<PvId, BTreeSet<(LvId, u64)>>,
+    /// PVs being emptied by pvmove: nothing new is placed on them. Kept in
+    /// memory only; a move interrupted by a restart is simply run again.
+    evacuating: BTreeSet<PvId>,
 }
 
 impl Service {
@@ -214,13 +217,18 @@ impl State {
             .collect()
     }
 
-    /// The VG's PVs that new extents may go to (not failed).
+    /// The VG's PVs that new extents may go to (not failed, not being
+    /// emptied).
     fn allocatable_pvs(&self, vg: VgId) -> Vec<PvId> {
         self.pvs
             .values()
-            .filter(|pv| pv.vg == Some(vg) && pv.failed.is_none())
+            .filter(|pv| pv.vg == Some(vg) && self.is_allocatable(pv))
             .map(|pv| pv.id)
             .collect()
+    }
+
+    fn is_allocatable(&self, pv: &PvRecord) -> bool {
+        pv.failed.is_none() && !self.evacuating.contains(&pv.id)
     }
 
     /// User bytes of one logical extent of `lv`.

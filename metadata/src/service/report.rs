@@ -14,6 +14,9 @@ pub struct PvReport {
     /// PEs mapped or reserved.
     pub pe_alloc: u64,
     pub extent_bytes: Option<u64>,
+    /// New extents may be placed on it (in a VG, not failed, not being
+    /// emptied by pvmove).
+    pub allocatable: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -102,6 +105,7 @@ impl Service {
                     pe_count: pv.pe_count,
                     pe_alloc: pv.pe_count - st.alloc.free_pes(pv.id),
                     extent_bytes: vg.map(|v| v.extent_bytes),
+                    allocatable: vg.is_some() && st.is_allocatable(pv),
                 }
             })
             .collect()
