@@ -62,6 +62,20 @@ pub enum Command {
         #[arg(short, long)]
         force: bool,
     },
+    /// Inject faults into live physical volumes (to test disk failures).
+    Pvchange {
+        /// none, fail, eio:RATE, slow:MILLISECONDS or corrupt:RATE.
+        #[arg(long, required = true)]
+        fault: String,
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Move every extent off a physical volume, online.
+    Pvmove {
+        pv: PathBuf,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
 
     /// Create a volume group from physical volumes.
     Vgcreate {
@@ -81,8 +95,24 @@ pub enum Command {
     /// Remove unused physical volumes from a volume group.
     Vgreduce {
         vg: String,
-        #[arg(required = true)]
+        #[arg(required_unless_present = "removemissing")]
         pvs: Vec<PathBuf>,
+        /// Remove the failed physical volumes instead (after lvconvert --repair).
+        #[arg(long, conflicts_with = "pvs")]
+        removemissing: bool,
+    },
+    /// Change volume group attributes.
+    Vgchange {
+        vg: String,
+        /// What a PV failure starts: warn (report only) or allocate
+        /// (rebuild onto other PVs at once), as LVM's raid_fault_policy.
+        #[arg(
+            long = "raid-fault-policy",
+            alias = "raidfaultpolicy",
+            value_parser = ["warn", "allocate"],
+            required = true
+        )]
+        policy: String,
     },
     /// Report volume groups.
     Vgs(ReportArgs),
@@ -108,6 +138,25 @@ pub enum Command {
         #[arg(short = 'L', long = "size", allow_hyphen_values = true)]
         size: String,
         lv: String,
+    },
+    /// Repair a redundant logical volume: rebuild the legs lost with
+    /// failed physical volumes onto the others, online.
+    Lvconvert {
+        #[arg(long, required = true)]
+        repair: bool,
+        lv: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Change logical volumes: scrub a redundant one.
+    Lvchange {
+        /// check counts bad copies (raid_mismatch_count); repair also
+        /// rewrites them from the good ones.
+        #[arg(long, value_parser = ["check", "repair"], required = true)]
+        syncaction: String,
+        lv: String,
+        #[command(flatten)]
+        wait: WaitArgs,
     },
     /// Remove logical volumes.
     Lvremove {
@@ -158,6 +207,14 @@ pub struct LvcreateArgs {
     pub yes: bool,
 }
 
+/// Jobs that run in the background on the server (repair, scrub, pvmove).
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    /// Return once the job started; `lvs` shows its progress.
+    #[arg(short = 'b', long)]
+    pub background: bool,
+}
+
 #[derive(Debug, Args)]
 pub struct ReportArgs {
     /// Output format.
@@ -172,6 +229,9 @@ pub struct ReportArgs {
     /// Leave out the heading line.
     #[arg(long)]
     pub noheadings: bool,
+    /// Fields to show (`-o +FIELD,...` adds to the default columns).
+    #[arg(short = 'o', long = "options", allow_hyphen_values = true)]
+    pub options: Option<String>,
     /// Restrict the report to these names (PV paths, VG names or VG/LV).
     pub names: Vec<String>,
 }
@@ -200,6 +260,10 @@ pub struct ServeArgs {
     /// Seconds between background commits of thin-map changes.
     #[arg(long, default_value_t = 1.0)]
     pub commit_interval: f64,
+    /// Seconds between health checks of idle PVs (0: none; I/O errors
+    /// fail a PV at once either way).
+    #[arg(long, default_value_t = 5.0)]
+    pub pv_check_interval: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -30,6 +30,20 @@ pub struct RemovePv {
     pub path: PathBuf,
 }
 
+/// `pvchange --fault MODE`: the fault to inject into a live PV.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChangePv {
+    pub path: PathBuf,
+    /// `none`, `fail`, `eio:RATE`, `slow:MS` or `corrupt:RATE`.
+    pub fault: String,
+}
+
+/// `pvmove PV`: move every extent leg off a PV.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MovePv {
+    pub path: PathBuf,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CreateVg {
     pub name: String,
@@ -42,6 +56,19 @@ pub struct CreateVg {
 pub struct ChangeVg {
     pub name: String,
     pub pvs: Vec<PathBuf>,
+}
+
+/// `vgreduce --removemissing VG`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RemoveMissing {
+    pub name: String,
+}
+
+/// `vgchange --raid-fault-policy POLICY VG`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SetFaultPolicy {
+    pub name: String,
+    pub policy: metadata::FaultPolicy,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -75,14 +102,99 @@ pub struct LvName {
     pub name: String,
 }
 
+/// `lvchange --syncaction check|repair VG/LV`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SyncAction {
+    pub vg: String,
+    pub name: String,
+    /// Rewrite bad copies (`repair`) or only count them (`check`).
+    pub repair: bool,
+}
+
+/// What a maintenance job does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobKind {
+    /// `lvconvert --repair`: rebuild legs lost with failed PVs elsewhere.
+    Recover,
+    /// `lvchange --syncaction check`: count bad copies.
+    Check,
+    /// `lvchange --syncaction repair`: count and rewrite bad copies.
+    Repair,
+    /// `pvmove`: move every leg off a PV.
+    Move,
+}
+
+impl JobKind {
+    /// LVM's `raid_sync_action` spelling (`move` for pvmove).
+    pub fn name(self) -> &'static str {
+        match self {
+            JobKind::Recover => "recover",
+            JobKind::Check => "check",
+            JobKind::Repair => "repair",
+            JobKind::Move => "move",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    Running,
+    Done,
+    Failed,
+}
+
+/// A maintenance job's progress and outcome.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobStatus {
+    pub id: u64,
+    pub kind: JobKind,
+    /// `VG/LV`, or the PV's path for pvmove.
+    pub target: String,
+    pub state: JobState,
+    /// Extents done out of `total` (which may grow when a PV fails while
+    /// a repair runs).
+    pub done: u64,
+    pub total: u64,
+    /// Bytes written to new legs (recover, move).
+    pub bytes_copied: u64,
+    /// Blocks verified, and bad copies found / rewritten / beyond repair
+    /// (check, repair).
+    pub blocks_checked: u64,
+    pub mismatches: u64,
+    pub repaired: u64,
+    pub unrecoverable: u64,
+    pub elapsed_seconds: f64,
+    /// The outcome, once the job has ended.
+    pub message: Option<String>,
+}
+
+impl JobStatus {
+    pub fn percent(&self) -> f64 {
+        if self.total == 0 {
+            if self.state == JobState::Running {
+                0.0
+            } else {
+                100.0
+            }
+        } else {
+            self.done as f64 * 100.0 / self.total as f64
+        }
+    }
+}
+
 /// A PV as the running server sees it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PvStatus {
     #[serde(flatten)]
     pub report: PvReport,
-    /// "online", or "missing" with the reason in `problem`.
+    /// "online", "failed" or "missing", with the reason in `problem`.
     pub state: String,
     pub problem: Option<String>,
+    /// The fault injected (`pvchange --fault`): "none" unless set; empty
+    /// when the PV is not open.
+    pub fault: String,
 }
 
 /// An LV as the running server sees it.
@@ -92,6 +204,14 @@ pub struct LvStatus {
     pub report: LvReport,
     /// The NBD URI clients connect to.
     pub export_uri: String,
+    /// The maintenance running on it: "idle", "recover", "check",
+    /// "repair" or "move".
+    pub sync_action: String,
+    /// Redundant layouts: the running job's progress, or else the share of
+    /// mapped extents with every leg healthy.
+    pub sync_percent: Option<f64>,
+    /// Bad copies found by the last check or repair since the server started.
+    pub mismatches: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

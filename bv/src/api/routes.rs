@@ -2,15 +2,15 @@
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
 
 use super::{
-    ApiError, ChangeVg, CreateLv, CreatePv, CreateVg, ErrorBody, ExtendLv, LvName, RemovePv,
-    RemoveVg, ServerStatus,
+    ApiError, ChangePv, ChangeVg, CreateLv, CreatePv, CreateVg, ErrorBody, ExtendLv, LvName,
+    MovePv, RemoveMissing, RemovePv, RemoveVg, ServerStatus, SetFaultPolicy, SyncAction,
 };
 use crate::serve::Server;
 
@@ -22,13 +22,21 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/v1/reports", get(reports))
         .route("/v1/pvcreate", post(pvcreate))
         .route("/v1/pvremove", post(pvremove))
+        .route("/v1/pvchange", post(pvchange))
+        .route("/v1/pvmove", post(pvmove))
         .route("/v1/vgcreate", post(vgcreate))
         .route("/v1/vgextend", post(vgextend))
         .route("/v1/vgreduce", post(vgreduce))
+        .route("/v1/vgreduce-removemissing", post(vgreduce_removemissing))
+        .route("/v1/vgchange", post(vgchange))
         .route("/v1/vgremove", post(vgremove))
         .route("/v1/lvcreate", post(lvcreate))
         .route("/v1/lvextend", post(lvextend))
         .route("/v1/lvremove", post(lvremove))
+        .route("/v1/lvconvert-repair", post(lvconvert_repair))
+        .route("/v1/lvchange-syncaction", post(lvchange_syncaction))
+        .route("/v1/jobs", get(jobs))
+        .route("/v1/jobs/{id}", get(job))
         .with_state(server)
 }
 
@@ -65,6 +73,19 @@ async fn pvremove(State(server): Shared, Json(request): Json<RemovePv>) -> Respo
     reply(server.remove_pv(&request.path).await)
 }
 
+async fn pvchange(State(server): Shared, Json(request): Json<ChangePv>) -> Response {
+    reply(
+        server
+            .change_pv(request)
+            .await
+            .map(|mode| serde_json::json!({ "fault": mode.to_string() })),
+    )
+}
+
+async fn pvmove(State(server): Shared, Json(request): Json<MovePv>) -> Response {
+    reply(server.start_move(&request.path))
+}
+
 async fn vgcreate(State(server): Shared, Json(request): Json<CreateVg>) -> Response {
     reply(server.create_vg(request).await)
 }
@@ -75,6 +96,17 @@ async fn vgextend(State(server): Shared, Json(request): Json<ChangeVg>) -> Respo
 
 async fn vgreduce(State(server): Shared, Json(request): Json<ChangeVg>) -> Response {
     reply(server.reduce_vg(request).await)
+}
+
+async fn vgreduce_removemissing(
+    State(server): Shared,
+    Json(request): Json<RemoveMissing>,
+) -> Response {
+    reply(server.remove_missing(request).await)
+}
+
+async fn vgchange(State(server): Shared, Json(request): Json<SetFaultPolicy>) -> Response {
+    reply(server.set_fault_policy(request).await)
 }
 
 async fn vgremove(State(server): Shared, Json(request): Json<RemoveVg>) -> Response {
@@ -91,4 +123,25 @@ async fn lvextend(State(server): Shared, Json(request): Json<ExtendLv>) -> Respo
 
 async fn lvremove(State(server): Shared, Json(request): Json<LvName>) -> Response {
     reply(server.remove_lv(request).await)
+}
+
+async fn lvconvert_repair(State(server): Shared, Json(request): Json<LvName>) -> Response {
+    reply(server.start_recover(&request.vg, &request.name))
+}
+
+async fn lvchange_syncaction(State(server): Shared, Json(request): Json<SyncAction>) -> Response {
+    reply(server.start_scrub(&request.vg, &request.name, request.repair))
+}
+
+async fn jobs(State(server): Shared) -> Response {
+    reply(Ok(server.jobs().list()))
+}
+
+async fn job(State(server): Shared, Path(id): Path<u64>) -> Response {
+    reply(
+        server
+            .jobs()
+            .get(id)
+            .ok_or_else(|| ApiError::new("not_found", format!("no job {id}"))),
+    )
 }

@@ -4,6 +4,7 @@
 
 mod layout;
 mod report;
+mod wait;
 
 use std::path::{Path, PathBuf};
 
@@ -11,7 +12,8 @@ use metadata::{LvRecord, PvRecord, VgRecord};
 
 use crate::api::client::Client;
 use crate::api::{
-    ChangeVg, CreateLv, CreatePv, CreateVg, ExtendLv, LvName, RemovePv, RemoveVg, Reports,
+    ChangePv, ChangeVg, CreateLv, CreatePv, CreateVg, ExtendLv, JobState, JobStatus, LvName,
+    MovePv, RemoveMissing, RemovePv, RemoveVg, Reports, SetFaultPolicy, SyncAction,
 };
 use crate::args::{Command, LvcreateArgs, ReportArgs, ReportFormat};
 use crate::size::{parse_size, parse_size_arg, SizeArg, Units, MIB};
@@ -67,6 +69,41 @@ pub async fn run(command: Command, socket: &Path) -> i32 {
                 }
             }
         }
+        Command::Pvchange { fault, paths } => {
+            for path in paths {
+                let path = absolute(&path);
+                let request = ChangePv {
+                    path: path.clone(),
+                    fault: fault.clone(),
+                };
+                match client
+                    .post::<_, serde_json::Value>("/v1/pvchange", &request)
+                    .await
+                {
+                    Ok(_) => println!(
+                        "  Physical volume \"{}\" changed: injected fault {fault}",
+                        path.display()
+                    ),
+                    Err(e) => fail(e.message),
+                }
+            }
+        }
+        Command::Pvmove { pv, wait } => {
+            let path = absolute(&pv);
+            let request = MovePv { path: path.clone() };
+            match job(&client, "/v1/pvmove", &request, wait.background).await {
+                Ok(None) => println!(
+                    "  {}: moving in the background; `bv pvs` shows what is left",
+                    path.display()
+                ),
+                Ok(Some(done)) => println!(
+                    "  {}: Moved: 100.00% ({})",
+                    path.display(),
+                    done.message.unwrap_or_default()
+                ),
+                Err(e) => fail(e),
+            }
+        }
         Command::Vgcreate {
             vg,
             pvs,
@@ -96,7 +133,44 @@ pub async fn run(command: Command, socket: &Path) -> i32 {
                 Err(e) => fail(e.message),
             }
         }
-        Command::Vgreduce { vg, pvs } => {
+        Command::Vgreduce {
+            vg, removemissing, ..
+        } if removemissing => {
+            let request = RemoveMissing { name: vg.clone() };
+            match client
+                .post::<_, Vec<PvRecord>>("/v1/vgreduce-removemissing", &request)
+                .await
+            {
+                Ok(removed) if removed.is_empty() => {
+                    println!("  Volume group \"{vg}\" has no failed physical volume.")
+                }
+                Ok(removed) => {
+                    for pv in removed {
+                        println!(
+                            "  Removed failed \"{}\" from volume group \"{vg}\"",
+                            pv.path.display()
+                        );
+                    }
+                    println!("  Wrote out consistent volume group {vg}.");
+                }
+                Err(e) => fail(e.message),
+            }
+        }
+        Command::Vgchange { vg, policy } => {
+            let policy = match policy.as_str() {
+                "allocate" => metadata::FaultPolicy::Allocate,
+                _ => metadata::FaultPolicy::Warn,
+            };
+            let request = SetFaultPolicy {
+                name: vg.clone(),
+                policy,
+            };
+            match client.post::<_, VgRecord>("/v1/vgchange", &request).await {
+                Ok(_) => println!("  Volume group \"{vg}\" successfully changed"),
+                Err(e) => fail(e.message),
+            }
+        }
+        Command::Vgreduce { vg, pvs, .. } => {
             let request = ChangeVg {
                 name: vg.clone(),
                 pvs: pvs.iter().map(|p| absolute(p)).collect(),
@@ -172,6 +246,47 @@ pub async fn run(command: Command, socket: &Path) -> i32 {
                 Err(e) => fail(e.message),
             }
         }
+        Command::Lvconvert { lv, wait, .. } => {
+            let (vg, name) = match split_lv(&lv) {
+                Ok(names) => names,
+                Err(e) => return usage(verb, e),
+            };
+            let request = LvName { vg, name };
+            match job(&client, "/v1/lvconvert-repair", &request, wait.background).await {
+                Ok(None) => println!(
+                    "  Repair of {lv} started in the background; `bv lvs` shows its progress (Cpy%Sync)."
+                ),
+                Ok(Some(done)) => {
+                    println!("  {lv}: {}.", done.message.unwrap_or_default())
+                }
+                Err(e) => fail(e),
+            }
+        }
+        Command::Lvchange {
+            syncaction,
+            lv,
+            wait,
+        } => {
+            let (vg, name) = match split_lv(&lv) {
+                Ok(names) => names,
+                Err(e) => return usage(verb, e),
+            };
+            let request = SyncAction {
+                vg,
+                name,
+                repair: syncaction == "repair",
+            };
+            match job(&client, "/v1/lvchange-syncaction", &request, wait.background).await {
+                Ok(None) => println!(
+                    "  {syncaction} of {lv} started in the background; `bv lvs -o +raid_sync_action,raid_mismatch_count` follows it."
+                ),
+                Ok(Some(done)) => println!(
+                    "  {lv}: {syncaction} done: {}.",
+                    done.message.unwrap_or_default()
+                ),
+                Err(e) => fail(e),
+            }
+        }
         Command::Lvremove { lvs, .. } => {
             for lv in lvs {
                 let (vg, name) = match split_lv(&lv) {
@@ -216,6 +331,10 @@ pub async fn run(command: Command, socket: &Path) -> i32 {
                             format!("{}/{}", lv.report.vg_name, lv.report.record.name)
                         })
                         .map(|lvs| Report::lvs(&lvs, units)),
+                    };
+                    let report = match (report, &args.options) {
+                        (Ok(report), Some(options)) => report.select(options),
+                        (report, _) => report,
                     };
                     match report {
                         Ok(report) => match args.format {
@@ -288,6 +407,25 @@ pub async fn run(command: Command, socket: &Path) -> i32 {
         EXIT_FAILED
     } else {
         0
+    }
+}
+
+/// Starts a server job; unless `background`, follows it to its end and
+/// returns its final status (an error if it failed).
+async fn job<B: serde::Serialize>(
+    client: &Client,
+    route: &str,
+    request: &B,
+    background: bool,
+) -> Result<Option<JobStatus>, String> {
+    let started: JobStatus = client.post(route, request).await.map_err(|e| e.message)?;
+    if background {
+        return Ok(None);
+    }
+    let status = wait::follow(client, started).await?;
+    match status.state {
+        JobState::Done => Ok(Some(status)),
+        _ => Err(status.message.unwrap_or_else(|| "the job failed".into())),
     }
 }
 
@@ -366,9 +504,12 @@ fn verb_name(command: &Command) -> &'static str {
         Command::Pvs(_) => "pvs",
         Command::Pvdisplay { .. } => "pvdisplay",
         Command::Pvremove { .. } => "pvremove",
+        Command::Pvchange { .. } => "pvchange",
+        Command::Pvmove { .. } => "pvmove",
         Command::Vgcreate { .. } => "vgcreate",
         Command::Vgextend { .. } => "vgextend",
         Command::Vgreduce { .. } => "vgreduce",
+        Command::Vgchange { .. } => "vgchange",
         Command::Vgs(_) => "vgs",
         Command::Vgdisplay { .. } => "vgdisplay",
         Command::Vgremove { .. } => "vgremove",
@@ -377,5 +518,7 @@ fn verb_name(command: &Command) -> &'static str {
         Command::Lvdisplay { .. } => "lvdisplay",
         Command::Lvextend { .. } => "lvextend",
         Command::Lvremove { .. } => "lvremove",
+        Command::Lvconvert { .. } => "lvconvert",
+        Command::Lvchange { .. } => "lvchange",
     }
 }

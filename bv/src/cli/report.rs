@@ -28,7 +28,7 @@ impl Report {
                 };
                 let attr = format!(
                     "{}-{}",
-                    if r.vg_name.is_some() { 'a' } else { '-' },
+                    if r.allocatable { 'a' } else { '-' },
                     if pv.state == "online" { '-' } else { 'm' }
                 );
                 vec![
@@ -38,6 +38,14 @@ impl Report {
                     ("pv_attr", Some("Attr"), attr),
                     ("pv_size", Some("PSize"), units.format(size)),
                     ("pv_free", Some("PFree"), units.format(free)),
+                    ("pv_fault", Some("Fault"), pv.fault.clone()),
+                    ("pv_state", None, pv.state.clone()),
+                    ("pv_problem", None, pv.problem.clone().unwrap_or_default()),
+                    (
+                        "pv_allocatable",
+                        None,
+                        if r.allocatable { "allocatable" } else { "" }.into(),
+                    ),
                     ("dev_size", None, units.format(r.record.size_bytes)),
                     ("pv_uuid", None, r.record.uuid.to_string()),
                     ("pe_start", None, units.format(r.record.data_offset_bytes)),
@@ -76,6 +84,11 @@ impl Report {
                     ("vg_extent_count", None, vg.pe_count.to_string()),
                     ("vg_free_count", None, vg.pe_free.to_string()),
                     ("lv_size_total", None, units.format(vg.lv_size_bytes)),
+                    (
+                        "raid_fault_policy",
+                        None,
+                        vg.record.fault_policy.name().into(),
+                    ),
                 ]
             })
             .collect();
@@ -92,13 +105,40 @@ impl Report {
                 } else {
                     String::new()
                 };
+                let layout = r.layout();
+                let sync_percent = lv
+                    .sync_percent
+                    .map(|p| format!("{p:.2}"))
+                    .unwrap_or_default();
                 vec![
                     ("lv_name", Some("LV"), r.record.name.clone()),
                     ("vg_name", Some("VG"), r.vg_name.clone()),
                     ("lv_attr", Some("Attr"), lv_attr(lv)),
                     ("lv_size", Some("LSize"), units.format(r.record.size_bytes)),
                     ("data_percent", Some("Data%"), data_percent),
+                    ("copy_percent", Some("Cpy%Sync"), sync_percent.clone()),
                     ("lv_layout", Some("Layout"), lv_layout(lv)),
+                    ("segtype", None, segtype(lv)),
+                    ("stripes", None, layout.legs().to_string()),
+                    ("data_stripes", None, layout.data_legs().to_string()),
+                    (
+                        "stripe_size",
+                        None,
+                        units.format(layout.unit_bytes().unwrap_or(0)),
+                    ),
+                    ("sync_percent", None, sync_percent),
+                    (
+                        "raid_sync_action",
+                        None,
+                        if layout.is_redundant() {
+                            lv.sync_action.clone()
+                        } else {
+                            String::new()
+                        },
+                    ),
+                    ("raid_mismatch_count", None, lv.mismatches.to_string()),
+                    ("lv_degraded_extents", None, r.degraded_extents.to_string()),
+                    ("lv_lost_extents", None, r.lost_extents.to_string()),
                     ("lv_uuid", None, r.record.uuid.to_string()),
                     ("lv_active", None, "active".into()),
                     (
@@ -106,7 +146,7 @@ impl Report {
                         None,
                         if r.open_by.is_some() { "open" } else { "" }.into(),
                     ),
-                    ("lv_health_status", None, String::new()),
+                    ("lv_health_status", None, health(lv).into()),
                     (
                         "lv_allocated_size",
                         None,
@@ -117,6 +157,60 @@ impl Report {
             })
             .collect();
         Report { key: "lv", rows }
+    }
+
+    /// LVM's `-o`: `FIELD,...` shows exactly those fields (in the table
+    /// and in JSON); `+FIELD,...` adds them to the default columns.
+    pub fn select(self, options: &str) -> Result<Report, String> {
+        let (defaults, list) = match options.strip_prefix('+') {
+            Some(rest) => (true, rest),
+            None => (false, options),
+        };
+        let wanted: Vec<&str> = list
+            .split(',')
+            .map(str::trim)
+            .filter(|f| !f.is_empty())
+            .collect();
+        if let Some(first) = self.rows.first() {
+            for field in &wanted {
+                if !first.iter().any(|(f, _, _)| f == field) {
+                    let known: Vec<&str> = first.iter().map(|(f, _, _)| *f).collect();
+                    return Err(format!(
+                        "unknown field \"{field}\"; {} fields: {}",
+                        self.key,
+                        known.join(",")
+                    ));
+                }
+            }
+        }
+        let rows = self
+            .rows
+            .into_iter()
+            .map(|row| {
+                let mut picked: Vec<_> = if defaults {
+                    row.iter()
+                        .filter(|(_, h, _)| h.is_some())
+                        .cloned()
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                for field in &wanted {
+                    if picked.iter().any(|(f, _, _)| f == field) {
+                        continue;
+                    }
+                    if let Some((f, heading, value)) = row.iter().find(|(f, _, _)| f == field) {
+                        let heading = heading.unwrap_or_else(|| heading_of(f));
+                        picked.push((f, Some(heading), value.clone()));
+                    }
+                }
+                picked
+            })
+            .collect();
+        Ok(Report {
+            key: self.key,
+            rows,
+        })
     }
 
     pub fn json(&self) -> String {
@@ -168,16 +262,78 @@ impl Report {
     }
 }
 
+/// The column heading of a field outside the default columns (LVM's,
+/// where LVM has the field).
+fn heading_of(field: &'static str) -> &'static str {
+    match field {
+        "dev_size" => "DevSize",
+        "pv_uuid" => "PV UUID",
+        "pe_start" => "1st PE",
+        "pv_pe_count" => "PE",
+        "pv_pe_alloc_count" => "Alloc",
+        "pv_missing" => "Missing",
+        "pv_allocatable" => "Allocatable",
+        "pv_state" => "State",
+        "pv_problem" => "Problem",
+        "vg_uuid" => "VG UUID",
+        "vg_extent_size" => "Ext",
+        "vg_extent_count" => "#Ext",
+        "vg_free_count" => "Free",
+        "lv_size_total" => "LVSize",
+        "raid_fault_policy" => "FaultPolicy",
+        "lv_uuid" => "LV UUID",
+        "lv_active" => "Active",
+        "lv_device_open" => "DevOpen",
+        "lv_health_status" => "Health",
+        "lv_allocated_size" => "Allocated",
+        "lv_export" => "Export",
+        "segtype" => "Type",
+        "stripes" => "#Str",
+        "data_stripes" => "#DStr",
+        "stripe_size" => "Stripe",
+        "sync_percent" => "Cpy%Sync",
+        "raid_sync_action" => "SyncAction",
+        "raid_mismatch_count" => "Mismatches",
+        "lv_degraded_extents" => "Degraded",
+        "lv_lost_extents" => "Lost",
+        other => other,
+    }
+}
+
 /// LVM's ten attribute characters, as far as they apply.
 fn lv_attr(lv: &LvStatus) -> String {
     let r = &lv.report;
-    let (volume_type, target, zero) = if r.record.thin {
-        ('V', 't', 'z')
-    } else {
-        ('-', '-', '-')
+    let (volume_type, target, zero) = match (r.record.thin, r.layout().is_redundant()) {
+        (true, _) => ('V', 't', 'z'),
+        (false, true) => ('r', 'r', '-'),
+        (false, false) => ('-', '-', '-'),
     };
     let open = if r.open_by.is_some() { 'o' } else { '-' };
-    format!("{volume_type}wi-a{open}{target}{zero}--")
+    let health = match health(lv) {
+        "partial" => 'p',
+        "degraded" => 'r',
+        "mismatches exist" => 'm',
+        _ => '-',
+    };
+    format!("{volume_type}wi-a{open}{target}{zero}{health}-")
+}
+
+/// LVM's `lv_health_status`: "partial" (data lost), "degraded" (a leg on a
+/// failed PV: LVM says "refresh needed"), "mismatches exist" (the last
+/// scrub found bad copies), or "" when healthy.
+fn health(lv: &LvStatus) -> &'static str {
+    match lv.report.health() {
+        "" if lv.mismatches > 0 => "mismatches exist",
+        other => other,
+    }
+}
+
+/// LVM's `segtype` (`striped` for raid0, as LVM names it).
+fn segtype(lv: &LvStatus) -> String {
+    match lv.report.layout() {
+        metadata::Layout::Raid0 { .. } => "striped".into(),
+        layout => layout.name().into(),
+    }
 }
 
 fn lv_layout(lv: &LvStatus) -> String {
@@ -222,6 +378,7 @@ pub fn pvdisplay(pv: &PvStatus) -> String {
                 .map(|p| format!(" ({p})"))
                 .unwrap_or_default(),
     );
+    line("Injected fault", pv.fault.clone());
     line("PV UUID", r.record.uuid.to_string());
     out
 }
@@ -259,6 +416,7 @@ pub fn vgdisplay(vg: &VgReport, reports: &Reports) -> String {
     );
     line("Data%", format!("{:.2}", vg.data_percent()));
     line("LV Size (total)", units.format(vg.lv_size_bytes));
+    line("RAID fault policy", vg.record.fault_policy.name().into());
     line("VG UUID", vg.record.uuid.to_string());
     out
 }
@@ -289,6 +447,12 @@ pub fn lvdisplay(lv: &LvStatus) -> String {
     line("Mapped LE", r.mapped_extents.to_string());
     line("Mapped size", format!("{:.2}%", r.data_percent()));
     line("Layout", lv_layout(lv));
+    if let Some(percent) = lv.sync_percent {
+        line("Health", health(lv).to_string());
+        line("Cpy%Sync", format!("{percent:.2}%"));
+        line("Sync action", lv.sync_action.clone());
+        line("Mismatches", lv.mismatches.to_string());
+    }
     line("NBD export", lv.export_uri.clone());
     out
 }
@@ -318,6 +482,21 @@ mod tests {
         let parsed: Value = serde_json::from_str(&report().json()).unwrap();
         assert_eq!(parsed["report"][0]["lv"][1]["lv_name"], "longer");
         assert_eq!(parsed["report"][0]["lv"][0]["lv_uuid"], "u1");
+    }
+
+    #[test]
+    fn options_pick_or_add_fields() {
+        let added = report().select("+lv_uuid").unwrap();
+        assert_eq!(
+            added.table(true),
+            "  LV     LV UUID\n  a      u1\n  longer u2\n"
+        );
+        let only = report().select("lv_uuid").unwrap();
+        assert_eq!(only.table(false), "  u1\n  u2\n");
+        let parsed: Value = serde_json::from_str(&only.json()).unwrap();
+        assert_eq!(parsed["report"][0]["lv"][0], json!({ "lv_uuid": "u1" }));
+        let err = report().select("lv_nope").err().unwrap();
+        assert!(err.contains("unknown field \"lv_nope\""), "{err}");
     }
 
     #[test]

@@ -136,6 +136,19 @@ impl VolumeRegistry {
         }
     }
 
+    /// The LVs open now.
+    pub async fn open_volumes(&self) -> Vec<Arc<ThinVolume>> {
+        let entries: Vec<Arc<tokio::sync::Mutex<Entry>>> =
+            self.entries.lock().values().cloned().collect();
+        let mut open = Vec::new();
+        for entry in entries {
+            if let Some(volume) = &entry.lock().await.volume {
+                open.push(volume.clone());
+            }
+        }
+        open
+    }
+
     /// Closes every open LV (server shutdown).
     pub async fn close_all(&self) {
         let entries: Vec<(String, Arc<tokio::sync::Mutex<Entry>>)> =

@@ -3,11 +3,12 @@
 //! online, which LVs are open) and tells open volumes about changes.
 
 use metadata::model::DEFAULT_EXTENT_BYTES;
-use metadata::{LvRecord, MetaResult, VgRecord};
+use metadata::{LvRecord, MetaResult, PvRecord, VgRecord};
 
 use super::Server;
 use crate::api::{
-    ApiError, ChangeVg, CreateLv, CreateVg, ExtendLv, LvName, LvStatus, RemoveVg, Reports,
+    ApiError, ChangeVg, CreateLv, CreateVg, ExtendLv, LvName, LvStatus, RemoveMissing, RemoveVg,
+    Reports, SetFaultPolicy,
 };
 
 impl Server {
@@ -41,6 +42,21 @@ impl Server {
     pub async fn reduce_vg(&self, request: ChangeVg) -> Result<VgRecord, ApiError> {
         let _turn = self.manage.lock().await;
         self.metadata(move |s| s.reduce_vg(&request.name, &request.pvs))
+            .await
+    }
+
+    /// `vgreduce --removemissing`: drops the VG's failed PVs, once no
+    /// extent has a leg on them any more (after `lvconvert --repair`).
+    pub async fn remove_missing(&self, request: RemoveMissing) -> Result<Vec<PvRecord>, ApiError> {
+        let _turn = self.manage.lock().await;
+        self.metadata(move |s| s.remove_missing(&request.name))
+            .await
+    }
+
+    /// `vgchange --raid-fault-policy`.
+    pub async fn set_fault_policy(&self, request: SetFaultPolicy) -> Result<VgRecord, ApiError> {
+        let _turn = self.manage.lock().await;
+        self.metadata(move |s| s.set_fault_policy(&request.name, request.policy))
             .await
     }
 
@@ -128,11 +144,32 @@ impl Server {
             vgs,
             lvs: lvs
                 .into_iter()
-                .map(|report| LvStatus {
-                    export_uri: format!("nbd://{}/{}", self.nbd_address, lv_name(&report)),
-                    report,
-                })
+                .map(|report| self.lv_status(report))
                 .collect(),
+        }
+    }
+}
+
+impl Server {
+    fn lv_status(&self, report: metadata::LvReport) -> LvStatus {
+        let name = lv_name(&report);
+        let job = self.jobs.running_on(&name);
+        let sync_percent = report.layout().is_redundant().then(|| match &job {
+            Some(job) if job.kind == crate::api::JobKind::Recover => job.percent(),
+            _ if report.mapped_extents == 0 => 100.0,
+            _ => {
+                let healthy = report
+                    .mapped_extents
+                    .saturating_sub(report.degraded_extents);
+                healthy as f64 * 100.0 / report.mapped_extents as f64
+            }
+        });
+        LvStatus {
+            export_uri: format!("nbd://{}/{name}", self.nbd_address),
+            sync_action: job.map_or("idle", |job| job.kind.name()).to_string(),
+            sync_percent,
+            mismatches: self.jobs.mismatches(&name),
+            report,
         }
     }
 }

@@ -2,18 +2,22 @@
 //! service and the management API.
 //!
 //! ```text
-//!  NBD clients ──▶ NbdServer ──▶ VolumeRegistry ──▶ ThinVolume ──▶ PVs
-//!                                      │ MapService (in process)
+//!  NBD clients ──▶ NbdServer ──▶ VolumeRegistry ──▶ ThinVolume ──▶ layouts (raid) ──▶ PVs
+//!                                      │ MapService (in process)       └▶ stripe journals
 //!  bv CLI ──▶ API (Unix socket) ──▶ Server ──▶ metadata::Service ──▶ RocksDB
+//!                                      └▶ jobs (repair, scrub, pvmove), failure handling
 //! ```
 //!
 //! Start-up: open RocksDB (its lock keeps a second server off the same data
 //! directory), return reservations left by a previous run (no other data
-//! server can hold one in embedded mode), open and lock every PV, then
-//! listen. Shutdown (SIGINT / SIGTERM): stop taking NBD requests, let those
-//! in flight finish, commit and close every open LV.
+//! server can hold one in embedded mode), open and lock every PV, replay
+//! the stripe journals (so every parity row is whole before any volume
+//! reads it), then listen. Shutdown (SIGINT / SIGTERM): stop taking NBD
+//! requests, let those in flight finish, commit and close every open LV.
 
 mod exports;
+mod failures;
+mod jobs;
 mod manage;
 mod pvs;
 
@@ -21,7 +25,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -30,18 +34,24 @@ use blockvirt::volume::{PvSet, VolumeOptions};
 use gateways::nbd::{NbdConfig, NbdServer};
 use metadata::{LocalMapService, PvId, Service};
 use parking_lot::Mutex;
+use raid::io::RaidLayouts;
+use raid::journal::JournalSet;
 
 use crate::api::routes;
 use crate::args::{IoEngine, ServeArgs};
 pub use exports::VolumeRegistry;
+pub use jobs::Jobs;
 pub use pvs::PvState;
 
 /// Everything the management API acts on.
 pub struct Server {
+    me: Weak<Server>,
     service: Arc<Service>,
     pvs: PvSet,
     pv_states: Mutex<HashMap<PvId, PvState>>,
+    journals: Arc<JournalSet>,
     volumes: Arc<VolumeRegistry>,
+    jobs: Jobs,
     file_options: FileOptions,
     nbd_address: SocketAddr,
     data_dir: PathBuf,
@@ -56,6 +66,10 @@ impl Server {
 
     pub fn data_dir(&self) -> &std::path::Path {
         &self.data_dir
+    }
+
+    pub fn jobs(&self) -> &Jobs {
+        &self.jobs
     }
 }
 
@@ -95,22 +109,27 @@ pub async fn run(data_dir: PathBuf, socket: PathBuf, args: ServeArgs) -> anyhow:
         bail!("--commit-interval must be more than 0 and at most {commit_max} seconds");
     }
     let pvs = PvSet::default();
-    let failures = service.clone();
+    // Failures are handled (recorded durably, repaired) off the I/O path;
+    // the handler starts once the server is built, and nothing is lost
+    // meanwhile.
+    let (failure_tx, failure_rx) = tokio::sync::mpsc::unbounded_channel();
     pvs.on_failure(move |pv, reason| {
-        // Recorded durably off the I/O path; a restart remembers it.
-        let (service, reason) = (failures.clone(), reason.to_string());
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = service.set_pv_failed(pv, &reason) {
-                tracing::error!("recording the failure of PV id {pv}: {e}");
-            }
-        });
+        let _ = failure_tx.send((pv, reason.to_string()));
     });
+    let pv_states = pvs::open_all(&service, &pvs, file_options).await;
+    for (pv, state) in &pv_states {
+        if let PvState::Missing(problem) = state {
+            failures::fail_missing_redundant(&service, *pv, problem);
+        }
+    }
+    let journals = Arc::new(open_journals(&service, &pvs).await?);
     let volumes = VolumeRegistry::new(
         service.clone(),
         Arc::new(LocalMapService::new(service.clone())),
         pvs.clone(),
         VolumeOptions {
             commit_interval: Duration::from_secs_f64(args.commit_interval),
+            layouts: Arc::new(RaidLayouts::new(journals.clone())),
             ..VolumeOptions::default()
         },
     );
@@ -124,17 +143,30 @@ pub async fn run(data_dir: PathBuf, socket: PathBuf, args: ServeArgs) -> anyhow:
     .await
     .with_context(|| format!("listening for NBD on {}", args.listen))?;
 
-    let server = Arc::new(Server {
+    let server = Arc::new_cyclic(|me| Server {
+        me: me.clone(),
         service,
         pvs,
-        pv_states: Mutex::new(HashMap::new()),
+        pv_states: Mutex::new(pv_states),
+        journals,
         volumes: volumes.clone(),
+        jobs: Jobs::default(),
         file_options,
         nbd_address: nbd.local_addr(),
         data_dir: data_dir.clone(),
         manage: tokio::sync::Mutex::new(()),
     });
-    server.open_all_pvs().await;
+    tokio::spawn(failures::handle_failures(
+        Arc::downgrade(&server),
+        failure_rx,
+    ));
+    if args.pv_check_interval > 0.0 {
+        tokio::spawn(
+            server
+                .clone()
+                .check_pv_health(Duration::from_secs_f64(args.pv_check_interval)),
+        );
+    }
 
     let router = routes::router(server.clone());
     if socket.exists() {
@@ -182,6 +214,34 @@ pub async fn run(data_dir: PathBuf, socket: PathBuf, args: ServeArgs) -> anyhow:
     volumes.close_all().await;
     let _ = std::fs::remove_file(&socket);
     Ok(())
+}
+
+/// Opens the stripe journal of every open PV and replays what a crash
+/// left in them.
+async fn open_journals(service: &Service, pvs: &PvSet) -> anyhow::Result<JournalSet> {
+    let regions = service
+        .pv_records()
+        .iter()
+        .filter(|record| pvs.get(record.id).is_ok())
+        .map(|record| (record.id, pvs::journal_region(record)))
+        .collect();
+    let journals = JournalSet::open(pvs.clone(), regions)
+        .await
+        .context("opening the stripe journals")?;
+    let report = journals
+        .recover()
+        .await
+        .context("replaying the stripe journals")?;
+    if report.entries_replayed > 0 || report.entries_unreadable > 0 {
+        tracing::warn!(
+            "stripe journals: {} interrupted row updates replayed ({} bytes), {} skipped writes to failed PVs, {} unreadable",
+            report.entries_replayed,
+            report.bytes_replayed,
+            report.writes_skipped,
+            report.entries_unreadable
+        );
+    }
+    Ok(journals)
 }
 
 async fn serve_api<L>(

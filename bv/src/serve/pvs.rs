@@ -1,77 +1,107 @@
-//! PVs on the server: opening them at start (label checked, file locked),
-//! and `pvcreate` / `pvremove`, which touch both the device and the
-//! metadata and undo the device change when the metadata refuses.
+//! PVs on the server: opening them at start (label checked, file locked,
+//! a fault injector in front), `pvcreate` / `pvremove`, which touch the
+//! device, its stripe journal and the metadata and undo the device change
+//! when the metadata refuses, and `pvchange --fault`.
+//!
+//! ```text
+//!  PvSet ── Checked ── Faulty (pvchange --fault) ── FileDevice (io_uring)
+//! ```
 
+use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::path::Path;
 use std::sync::Arc;
 
 use blockvirt::label::{read_label, wipe_label, write_label, PvLabel};
-use blockvirt::leaf::FileDevice;
-use blockvirt::volume::PvHandle;
-use blockvirt::{BlockDevice, Checked, IoBufMut, WriteFlags, IO_ALIGN};
-use metadata::model::pv_data_offset;
-use metadata::{PvRecord, PvReport};
+use blockvirt::leaf::{FaultMode, Faulty, FileDevice, FileOptions};
+use blockvirt::volume::{PvHandle, PvSet};
+use blockvirt::{BlockDevice, ByteRange, Checked, IoBufMut, WriteFlags, IO_ALIGN};
+use metadata::model::{pv_data_offset, PV_LABEL_AREA_BYTES};
+use metadata::{PvId, PvRecord, PvReport, Service};
 use uuid::Uuid;
 
 use super::Server;
-use crate::api::{ApiError, CreatePv, PvStatus};
+use crate::api::{ApiError, ChangePv, CreatePv, PvStatus};
+
+/// A PV's device as the server holds it.
+pub type PvDevice = Arc<Faulty<FileDevice>>;
 
 /// Whether the server could open a PV.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum PvState {
-    Online,
+    Online(PvDevice),
     Missing(String),
 }
 
-impl Server {
-    /// Opens every recorded PV; one that cannot be opened is marked missing
-    /// (its LVs fail I/O on its extents) and the server carries on.
-    pub async fn open_all_pvs(&self) {
-        for record in self.service.pv_records() {
-            let state = match self.open_pv(&record).await {
-                Ok(()) => PvState::Online,
-                Err(problem) => {
-                    tracing::error!("PV {}: {problem}", record.path.display());
-                    PvState::Missing(problem)
-                }
-            };
-            self.pv_states.lock().insert(record.id, state);
-        }
-    }
+/// Where a PV's stripe journal lives: between the label area and its
+/// first extent.
+pub fn journal_region(record: &PvRecord) -> ByteRange {
+    ByteRange::new(
+        PV_LABEL_AREA_BYTES,
+        record.data_offset_bytes - PV_LABEL_AREA_BYTES,
+    )
+}
 
-    async fn open_pv(&self, record: &PvRecord) -> Result<(), String> {
-        let device =
-            FileDevice::open(&record.path, self.file_options).map_err(|e| e.to_string())?;
-        device.lock_exclusive().map_err(|e| e.to_string())?;
-        match read_label(&device).await.map_err(|e| e.to_string())? {
-            Some(label) if label.uuid == record.uuid => {}
-            Some(label) => {
-                return Err(format!(
-                    "the device carries PV label {} but {} is on record",
-                    label.uuid, record.uuid
-                ))
+/// Opens every recorded PV into `pvs` (start-up). One that cannot be
+/// opened is missing: its extents' legs count as failed, and the server
+/// carries on.
+pub async fn open_all(
+    service: &Service,
+    pvs: &PvSet,
+    options: FileOptions,
+) -> HashMap<PvId, PvState> {
+    let mut states = HashMap::new();
+    for record in service.pv_records() {
+        let state = match open_pv(&record, options).await {
+            Ok(device) => {
+                insert(pvs, &record, device.clone(), record.failed.is_some());
+                PvState::Online(device)
             }
-            None => return Err("the device has no PV label".into()),
-        }
-        if device.info().size_bytes < record.size_bytes {
-            return Err(format!(
-                "the device is smaller ({} bytes) than recorded ({} bytes)",
-                device.info().size_bytes,
-                record.size_bytes
-            ));
-        }
-        self.pvs.insert(
-            record.id,
-            PvHandle {
-                device: Arc::new(Checked::new(device)),
-                data_offset_bytes: record.data_offset_bytes,
-            },
-            record.failed.is_some(),
-        );
-        Ok(())
+            Err(problem) => {
+                tracing::error!("PV {}: {problem}", record.path.display());
+                PvState::Missing(problem)
+            }
+        };
+        states.insert(record.id, state);
     }
+    states
+}
 
+async fn open_pv(record: &PvRecord, options: FileOptions) -> Result<PvDevice, String> {
+    let device = FileDevice::open(&record.path, options).map_err(|e| e.to_string())?;
+    device.lock_exclusive().map_err(|e| e.to_string())?;
+    match read_label(&device).await.map_err(|e| e.to_string())? {
+        Some(label) if label.uuid == record.uuid => {}
+        Some(label) => {
+            return Err(format!(
+                "the device carries PV label {} but {} is on record",
+                label.uuid, record.uuid
+            ))
+        }
+        None => return Err("the device has no PV label".into()),
+    }
+    if device.info().size_bytes < record.size_bytes {
+        return Err(format!(
+            "the device is smaller ({} bytes) than recorded ({} bytes)",
+            device.info().size_bytes,
+            record.size_bytes
+        ));
+    }
+    Ok(Arc::new(Faulty::new(device)))
+}
+
+fn insert(pvs: &PvSet, record: &PvRecord, device: PvDevice, failed: bool) {
+    pvs.insert(
+        record.id,
+        PvHandle {
+            device: Arc::new(Checked::new(device)),
+            data_offset_bytes: record.data_offset_bytes,
+        },
+        failed,
+    );
+}
+
+impl Server {
     pub async fn create_pv(&self, request: CreatePv) -> Result<PvRecord, ApiError> {
         let _turn = self.manage.lock().await;
         let path = request.path.as_path();
@@ -142,40 +172,43 @@ impl Server {
             data_offset_bytes: pv_data_offset(size_bytes),
         };
         write_label(&device, &label).await?;
-        match self.service.create_pv(path, label.uuid, size_bytes) {
+        let device = Arc::new(Faulty::new(device));
+        let recorded = self
+            .service
+            .create_pv(path, label.uuid, size_bytes)
+            .map_err(ApiError::from);
+        let journaled = match recorded {
             Ok(record) => {
-                self.pvs.insert(
-                    record.id,
-                    PvHandle {
-                        device: Arc::new(Checked::new(device)),
-                        data_offset_bytes: record.data_offset_bytes,
-                    },
-                    false,
-                );
-                self.pv_states.lock().insert(record.id, PvState::Online);
+                insert(&self.pvs, &record, device.clone(), false);
+                match self.journals.add(record.id, journal_region(&record)).await {
+                    Ok(()) => Ok(record),
+                    Err(e) => {
+                        self.pvs.remove(record.id);
+                        let _ = self.service.remove_pv(path);
+                        Err(ApiError::from(e))
+                    }
+                }
+            }
+            Err(e) => Err(e),
+        };
+        match journaled {
+            Ok(record) => {
+                self.pv_states
+                    .lock()
+                    .insert(record.id, PvState::Online(device));
                 Ok(record)
             }
             Err(e) => {
                 // Put back what was there before.
                 let _ = device.write_at(0, previous.freeze(), WriteFlags::FUA).await;
-                Err(e.into())
+                Err(e)
             }
         }
     }
 
     pub async fn remove_pv(&self, path: &Path) -> Result<PvRecord, ApiError> {
         let _turn = self.manage.lock().await;
-        let report = self
-            .service
-            .pv_reports()
-            .into_iter()
-            .find(|pv| pv.record.path == path)
-            .ok_or_else(|| {
-                ApiError::new(
-                    "not_found",
-                    format!("physical volume \"{}\" not found", path.display()),
-                )
-            })?;
+        let report = self.pv_report(path)?;
         if let Some(vg) = &report.vg_name {
             return Err(ApiError::new(
                 "busy",
@@ -185,14 +218,28 @@ impl Server {
                 ),
             ));
         }
-        let handle = self.pvs.get(report.record.id).ok();
-        if let Some(handle) = &handle {
-            wipe_label(&*handle.device).await?;
+        let id = report.record.id;
+        let mut handle = self.pvs.get(id).ok();
+        if let Some(device) = handle.as_ref().map(|h| h.device.clone()) {
+            match wipe_label(&*device).await {
+                Ok(()) => {}
+                // A dead disk cannot be wiped; its record goes all the same.
+                Err(e) if report.record.failed.is_some() => {
+                    tracing::warn!("{}: failed PV, label not wiped: {e}", path.display());
+                    handle = None;
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         match self.service.remove_pv(path) {
             Ok(record) => {
-                self.pvs.remove(record.id);
-                self.pv_states.lock().remove(&record.id);
+                // A PV outside every VG has no extent legs, so nothing can
+                // log on its journal any more.
+                if let Err(e) = self.journals.remove(id).await {
+                    tracing::warn!("dropping the journal of {}: {e}", path.display());
+                }
+                self.pvs.remove(id);
+                self.pv_states.lock().remove(&id);
                 Ok(record)
             }
             Err(e) => {
@@ -209,6 +256,44 @@ impl Server {
         }
     }
 
+    /// `pvchange --fault MODE`: injects faults into a live PV (`none`
+    /// stops). A PV that fails because of it stays failed: see
+    /// `vgreduce --removemissing`.
+    pub async fn change_pv(&self, request: ChangePv) -> Result<FaultMode, ApiError> {
+        let mode: FaultMode = request
+            .fault
+            .parse()
+            .map_err(|e: blockvirt::leaf::FaultModeError| invalid(e.to_string()))?;
+        let report = self.pv_report(&request.path)?;
+        let state = self.pv_states.lock().get(&report.record.id).cloned();
+        match state {
+            Some(PvState::Online(device)) => {
+                device.set_mode(mode).map_err(|e| invalid(e.to_string()))?;
+                Ok(mode)
+            }
+            _ => Err(ApiError::new(
+                "busy",
+                format!(
+                    "physical volume \"{}\" is not open here",
+                    request.path.display()
+                ),
+            )),
+        }
+    }
+
+    pub(super) fn pv_report(&self, path: &Path) -> Result<PvReport, ApiError> {
+        self.service
+            .pv_reports()
+            .into_iter()
+            .find(|pv| pv.record.path == path)
+            .ok_or_else(|| {
+                ApiError::new(
+                    "not_found",
+                    format!("physical volume \"{}\" not found", path.display()),
+                )
+            })
+    }
+
     pub async fn pv_statuses(&self) -> Vec<PvStatus> {
         let service = self.service.clone();
         let reports = tokio::task::spawn_blocking(move || service.pv_reports())
@@ -218,10 +303,14 @@ impl Server {
         reports
             .into_iter()
             .map(|report: PvReport| {
-                let (state, problem) = match (&report.record.failed, states.get(&report.record.id))
-                {
+                let state = states.get(&report.record.id);
+                let fault = match state {
+                    Some(PvState::Online(device)) => device.mode().to_string(),
+                    _ => String::new(),
+                };
+                let (state, problem) = match (&report.record.failed, state) {
                     (Some(why), _) => ("failed", Some(why.clone())),
-                    (None, Some(PvState::Online)) => ("online", None),
+                    (None, Some(PvState::Online(_))) => ("online", None),
                     (None, Some(PvState::Missing(why))) => ("missing", Some(why.clone())),
                     (None, None) => ("missing", Some("not opened".to_string())),
                 };
@@ -229,20 +318,23 @@ impl Server {
                     report,
                     state: state.to_string(),
                     problem,
+                    fault,
                 }
             })
             .collect()
     }
 
-    /// Refuses to build on PVs the server could not open.
+    /// Refuses to build on PVs that are failed or that the server could
+    /// not open.
     pub async fn require_online(&self, paths: &[std::path::PathBuf]) -> Result<(), ApiError> {
         for status in self.pv_statuses().await {
             if paths.contains(&status.report.record.path) && status.state != "online" {
                 return Err(ApiError::new(
                     "busy",
                     format!(
-                        "physical volume \"{}\" is missing: {}",
+                        "physical volume \"{}\" is {}: {}",
                         status.report.record.path.display(),
+                        status.state,
                         status.problem.unwrap_or_default()
                     ),
                 ));
