@@ -90,3 +90,33 @@ pub fn parse(mut args: impl Iterator<Item = String>) -> Result<Command, String> 
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_words(line: &str) -> Result<Command, String> {
+        parse(line.split_whitespace().map(str::to_string))
+    }
+
+    #[test]
+    fn fio_options_and_defaults() {
+        let Ok(Command::Fio(o)) = parse_words("fio --runtime 3 --layouts linear,ec") else {
+            panic!("fio options refused");
+        };
+        assert_eq!(
+            (o.size_mib, o.rounds, o.runtime_s, o.ramp_s),
+            (1024, 3, 3, 2)
+        );
+        assert_eq!(o.layouts, ["linear", "ec"]);
+    }
+
+    #[test]
+    fn refusals() {
+        assert!(parse_words("fio --layouts raid6").is_err());
+        assert!(parse_words("convert --runtime 3").is_err());
+        assert!(parse_words("fio --rounds 0").is_err());
+        assert!(parse_words("fio --size-mib").is_err());
+        assert!(parse_words("dd").is_err());
+    }
+}
