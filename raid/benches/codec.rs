@@ -11,6 +11,8 @@ const SHARD_BYTES: [usize; 2] = [4096, 65536];
 
 fn codecs() -> Vec<(String, Box<dyn ErasureCodec>)> {
     let mut all: Vec<(String, Box<dyn ErasureCodec>)> = vec![
+        // raid5 -i 3, the layout `bv-bench fio` measures end to end.
+        ("xor/3+1".into(), Box::new(Xor::new(3).expect("xor"))),
         ("xor/4+1".into(), Box::new(Xor::new(4).expect("xor"))),
         ("xor/8+1".into(), Box::new(Xor::new(8).expect("xor"))),
     ];

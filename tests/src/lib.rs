@@ -186,6 +186,11 @@ impl Server {
         panic!("bv serve did not come up in 30 s:\n{}", self.log_text());
     }
 
+    /// The process id of the running server.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

@@ -1,0 +1,122 @@
+//! The command line: `bv-bench convert|fio [OPTIONS]`.
+
+use std::path::PathBuf;
+
+pub const USAGE: &str = "\
+usage: bv-bench convert [--size-mib N] [--rounds N] [--json FILE]
+       bv-bench fio [--size-mib N] [--rounds N] [--runtime SECONDS] [--ramp SECONDS]
+                    [--layouts linear,raid1,raid10,raid5,ec] [--json FILE]";
+
+pub enum Command {
+    Convert(ConvertOptions),
+    Fio(FioOptions),
+}
+
+pub struct ConvertOptions {
+    /// Size of the image converted into each target.
+    pub size_mib: u64,
+    pub rounds: usize,
+    pub json: Option<PathBuf>,
+}
+
+pub struct FioOptions {
+    /// Size of every export (and so of the range fio touches).
+    pub size_mib: u64,
+    pub rounds: usize,
+    /// Measured seconds of each fio run, after the ramp.
+    pub runtime_s: u64,
+    /// Seconds of each fio run that are not measured.
+    pub ramp_s: u64,
+    /// Blockvirt layouts to measure (names as in `targets::LAYOUTS`).
+    pub layouts: Vec<String>,
+    pub json: Option<PathBuf>,
+}
+
+pub fn parse(mut args: impl Iterator<Item = String>) -> Result<Command, String> {
+    let command = args.next().unwrap_or_else(|| "convert".into());
+    let (mut size_mib, mut rounds, mut json) = (1024, 3, None);
+    let (mut runtime_s, mut ramp_s) = (10, 2);
+    let mut layouts: Vec<String> = crate::targets::LAYOUTS
+        .iter()
+        .map(|l| l.name.to_string())
+        .collect();
+    while let Some(arg) = args.next() {
+        let value = args.next().ok_or_else(|| format!("{arg} needs a value"))?;
+        let number = |what: &str| {
+            value
+                .parse::<u64>()
+                .map_err(|e| format!("{what}: {e}: {value}"))
+        };
+        match (command.as_str(), arg.as_str()) {
+            (_, "--size-mib") => size_mib = number("--size-mib")?,
+            (_, "--rounds") => rounds = number("--rounds")? as usize,
+            (_, "--json") => json = Some(PathBuf::from(&value)),
+            ("fio", "--runtime") => runtime_s = number("--runtime")?,
+            ("fio", "--ramp") => ramp_s = number("--ramp")?,
+            ("fio", "--layouts") => layouts = value.split(',').map(str::to_string).collect(),
+            _ => return Err(format!("unknown option {arg} for {command}")),
+        }
+    }
+    if size_mib == 0 || rounds == 0 {
+        return Err("--size-mib and --rounds must be at least 1".into());
+    }
+    match command.as_str() {
+        "convert" => Ok(Command::Convert(ConvertOptions {
+            size_mib,
+            rounds,
+            json,
+        })),
+        "fio" => {
+            if runtime_s == 0 {
+                return Err("--runtime must be at least 1 second".into());
+            }
+            if let Some(unknown) = layouts
+                .iter()
+                .find(|name| crate::targets::layout(name).is_none())
+            {
+                return Err(format!("unknown layout {unknown}"));
+            }
+            Ok(Command::Fio(FioOptions {
+                size_mib,
+                rounds,
+                runtime_s,
+                ramp_s,
+                layouts,
+                json,
+            }))
+        }
+        other => Err(format!(
+            "unknown benchmark {other}; available: convert, fio"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_words(line: &str) -> Result<Command, String> {
+        parse(line.split_whitespace().map(str::to_string))
+    }
+
+    #[test]
+    fn fio_options_and_defaults() {
+        let Ok(Command::Fio(o)) = parse_words("fio --runtime 3 --layouts linear,ec") else {
+            panic!("fio options refused");
+        };
+        assert_eq!(
+            (o.size_mib, o.rounds, o.runtime_s, o.ramp_s),
+            (1024, 3, 3, 2)
+        );
+        assert_eq!(o.layouts, ["linear", "ec"]);
+    }
+
+    #[test]
+    fn refusals() {
+        assert!(parse_words("fio --layouts raid6").is_err());
+        assert!(parse_words("convert --runtime 3").is_err());
+        assert!(parse_words("fio --rounds 0").is_err());
+        assert!(parse_words("fio --size-mib").is_err());
+        assert!(parse_words("dd").is_err());
+    }
+}
