@@ -5,24 +5,17 @@
 //! pvmove, consistent parity on reused PEs, and no write hole across a
 //! power loss followed by a disk loss.
 
+mod common;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
 
-use blockvirt::testing::{run_conformance, SimDisk};
-use blockvirt::volume::{PvHandle, PvSet, ThinVolume, VolumeOptions};
-use blockvirt::{BlockDevice, ByteRange, Checked, IoBuf, IoBufMut, WriteFlags};
+use blockvirt::testing::run_conformance;
+use blockvirt::{BlockDevice, IoBuf, IoBufMut, WriteFlags};
+use common::pool::{Pool, MIB, PE};
 use metadata::layout::DEFAULT_UNIT_BYTES;
-use metadata::model::{pv_bytes_for, pv_journal_bytes, PV_LABEL_AREA_BYTES};
-use metadata::store::MemStore;
-use metadata::{Layout, LocalMapService, PvId, Service};
-use raid::io::RaidLayouts;
-use raid::journal::JournalSet;
+use metadata::Layout;
 use raid::StripeGeometry;
-use uuid::Uuid;
 
-const MIB: u64 = 1 << 20;
-const PE: u64 = 1 << 20;
 const UNIT: u64 = 64 << 10;
 
 fn redundant_layouts() -> Vec<Layout> {
@@ -53,126 +46,6 @@ fn redundant_layouts() -> Vec<Layout> {
             unit_bytes: 16 << 10,
         },
     ]
-}
-
-struct Pool {
-    store: Arc<MemStore>,
-    service: Arc<Service>,
-    pvs: PvSet,
-    ids: Vec<PvId>,
-    disks: Vec<Arc<SimDisk>>,
-    regions: Vec<(PvId, ByteRange)>,
-    journals: Arc<JournalSet>,
-}
-
-impl Pool {
-    /// `count` simulated PVs of `pes` 1 MiB extents in VG "vg".
-    async fn new(count: usize, pes: u64, seed: u64) -> Pool {
-        let store = Arc::new(MemStore::new());
-        let service = Arc::new(Service::open(Box::new(store.clone())).unwrap());
-        let pvs = PvSet::default();
-        let size = pv_bytes_for(pes, PE);
-        let (mut ids, mut disks, mut regions, mut paths) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for i in 0..count {
-            let path = std::path::PathBuf::from(format!("/sim/pv{i}"));
-            let record = service.create_pv(&path, Uuid::new_v4(), size).unwrap();
-            let disk = Arc::new(SimDisk::new(size, seed * 100 + i as u64));
-            pvs.insert(
-                record.id,
-                PvHandle {
-                    device: Arc::new(Checked::new(disk.clone())),
-                    data_offset_bytes: record.data_offset_bytes,
-                },
-                false,
-            );
-            regions.push((
-                record.id,
-                ByteRange::new(PV_LABEL_AREA_BYTES, pv_journal_bytes(size)),
-            ));
-            ids.push(record.id);
-            disks.push(disk);
-            paths.push(path);
-        }
-        service.create_vg("vg", &paths, PE).unwrap();
-        let journals = Arc::new(
-            JournalSet::open(pvs.clone(), regions.clone())
-                .await
-                .unwrap(),
-        );
-        journals.recover().await.unwrap();
-        Pool {
-            store,
-            service,
-            pvs,
-            ids,
-            disks,
-            regions,
-            journals,
-        }
-    }
-
-    async fn open(&self, lv: &str) -> ThinVolume {
-        let options = VolumeOptions {
-            commit_interval: Duration::from_secs(3600),
-            layouts: Arc::new(RaidLayouts::new(self.journals.clone())),
-            ..VolumeOptions::default()
-        };
-        let map = Arc::new(LocalMapService::new(self.service.clone()));
-        ThinVolume::open(map, self.pvs.clone(), "vg", lv, options)
-            .await
-            .unwrap()
-    }
-
-    /// Power loss and restart: every disk loses what it had not made
-    /// durable; the service starts over from its store (no leases); the
-    /// journals are replayed before anything opens.
-    async fn power_loss(&mut self) {
-        for disk in &self.disks {
-            disk.crash();
-        }
-        self.service = Arc::new(Service::open(Box::new(self.store.clone())).unwrap());
-        self.service.reclaim_all_reservations().unwrap();
-        self.journals = Arc::new(
-            JournalSet::open(self.pvs.clone(), self.regions.clone())
-                .await
-                .unwrap(),
-        );
-        self.journals.recover().await.unwrap();
-    }
-
-    /// The disk behind PV `pv`.
-    fn disk_of(&self, pv: PvId) -> usize {
-        self.ids.iter().position(|&id| id == pv).unwrap()
-    }
-
-    /// Disks holding the legs of extent `le`, in leg order.
-    async fn leg_disks(&self, lv: &ThinVolume, le: u64) -> Vec<usize> {
-        let placement = lv.placement(le).await.expect("extent is mapped");
-        placement.iter().map(|pe| self.disk_of(pe.pv)).collect()
-    }
-
-    /// Device offset on its disk of user byte `offset` of extent `le`.
-    async fn device_offset(
-        &self,
-        lv: &ThinVolume,
-        layout: Layout,
-        le: u64,
-        offset: u64,
-    ) -> (usize, u64) {
-        let placement = lv.placement(le).await.unwrap();
-        let span = StripeGeometry::new(layout, PE)
-            .unwrap()
-            .spans(offset, 4096)
-            .next()
-            .unwrap();
-        let pe = placement[span.leg];
-        let data_offset = self.pvs.get(pe.pv).unwrap().data_offset_bytes;
-        (
-            self.disk_of(pe.pv),
-            data_offset + pe.pe * PE + span.pe_offset_bytes,
-        )
-    }
 }
 
 fn pattern(seed: u64, len: usize) -> Vec<u8> {
