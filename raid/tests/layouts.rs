@@ -272,6 +272,46 @@ async fn repair_rebuilds_onto_other_pvs_then_survives_another_failure() {
     }
 }
 
+/// A thin LV reserves placements ahead of its writes. After a PV fails,
+/// whether the server was told or only the disk knows, new extents still
+/// get written: placed off the PV if it is known failed, degraded within
+/// the layout's tolerance if it fails under them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_extents_are_written_around_a_failed_pv() {
+    for layout in redundant_layouts() {
+        for announced in [true, false] {
+            let name = format!("{} (failure announced: {announced})", layout.describe());
+            let pool = Pool::new(layout.legs() + 2, 64, 9).await;
+            pool.service
+                .create_lv("vg", "lv", 16 * MIB, true, layout)
+                .unwrap();
+            let lv = pool.open("lv").await;
+            let le_bytes = layout.extent_bytes(PE);
+            let size = lv.info().size_bytes;
+            write(&lv, 0, &pattern(1, 4096)).await;
+            let dead = pool.leg_disks(&lv, 0).await[0];
+            pool.disks[dead].fail();
+            if announced {
+                pool.pvs.fail(pool.ids[dead], "disk died");
+            }
+            for (i, at) in (le_bytes..size).step_by(le_bytes as usize).enumerate() {
+                let data = pattern(2 + i as u64, 8192);
+                lv.write_at(at, IoBuf::copy_from(&data), WriteFlags::empty())
+                    .await
+                    .0
+                    .unwrap_or_else(|e| panic!("{name}: write at {at}: {e}"));
+                assert!(read(&lv, at, 8192).await.unwrap() == data, "{name}");
+                if announced {
+                    assert!(
+                        !pool.leg_disks(&lv, at / le_bytes).await.contains(&dead),
+                        "{name}: extent at {at} placed on the failed PV"
+                    );
+                }
+            }
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pvmove_moves_every_leg_off_a_pv() {
     let mut all = redundant_layouts();

@@ -411,14 +411,14 @@ impl Inner {
 
     /// A placement for a new extent, from the reservation or the VG.
     async fn allocate(&self) -> BlockResult<Placement> {
-        if let Some(placement) = self.reservation.lock().pop() {
+        if let Some(placement) = self.take_reserved() {
             return Ok(placement);
         }
         // One reservation request at a time: a request that comes back
         // empty then means a full pool, not spares another request is
         // about to put in the reservation.
         let _one = self.reserving.lock().await;
-        if let Some(placement) = self.reservation.lock().pop() {
+        if let Some(placement) = self.take_reserved() {
             return Ok(placement);
         }
         let fresh = self
@@ -426,14 +426,27 @@ impl Inner {
             .reserve(self.token, self.reserve_batch)
             .await
             .map_err(|e| meta_error(&self.name, e))?;
-        let mut reservation = self.reservation.lock();
-        reservation.extend(fresh);
-        reservation.pop().ok_or_else(|| {
+        self.reservation.lock().extend(fresh);
+        self.take_reserved().ok_or_else(|| {
             BlockError::new(
                 ErrorKind::NoSpace,
                 format!("{}: the volume group has no free extent left", self.name),
             )
         })
+    }
+
+    /// A reserved placement with every leg on a working PV. Placements
+    /// reserved before one of their PVs failed go back to the VG with the
+    /// next commit: a new extent must not start out degraded.
+    fn take_reserved(&self) -> Option<Placement> {
+        let mut reservation = self.reservation.lock();
+        while let Some(placement) = reservation.pop() {
+            if placement.iter().all(|pe| !self.pvs.is_failed(pe.pv)) {
+                return Some(placement);
+            }
+            self.dirty.lock().returned.extend(placement);
+        }
+        None
     }
 
     async fn refresh(&self) -> BlockResult<()> {

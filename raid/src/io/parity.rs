@@ -843,15 +843,22 @@ impl Redundancy for Parity {
 
     async fn initialize(&self, legs: &Legs) -> BlockResult<()> {
         // Zeroes on every leg: zero data, zero parity, every row consistent.
+        // A leg that fails is marked failed, as in a write, and the extent
+        // starts degraded if the layout tolerates it.
         let zeroes = (0..self.shards()).map(|leg| async move {
-            let (device, base) = legs.device(leg)?;
-            device
-                .write_zeroes(
-                    ByteRange::new(base, self.geometry.pe_bytes()),
-                    blockvirt::ZeroFlags::empty(),
-                )
+            let Ok((device, base)) = legs.device(leg) else {
+                return;
+            };
+            let range = ByteRange::new(base, self.geometry.pe_bytes());
+            if let Err(e) = device
+                .write_zeroes(range, blockvirt::ZeroFlags::empty())
                 .await
+            {
+                legs.fail(leg, &e);
+            }
         });
-        join_all(zeroes).await.into_iter().collect()
+        join_all(zeroes).await;
+        // Row 0 has a shard on every leg.
+        self.check_tolerance(legs, 0)
     }
 }
