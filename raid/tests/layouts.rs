@@ -272,6 +272,40 @@ async fn repair_rebuilds_onto_other_pvs_then_survives_another_failure() {
     }
 }
 
+/// A FUA write is durable when acknowledged, and so is what vouches for
+/// it: after a power loss, it reads back even from the last copy (or with
+/// its own leg lost, from the rest of its row), which only works if its
+/// checksums were committed with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fua_writes_read_back_after_a_power_loss_and_a_disk_loss() {
+    for layout in redundant_layouts() {
+        let name = layout.describe();
+        let mut pool = Pool::new(7, 64, 10).await;
+        pool.service
+            .create_lv("vg", "lv", 8 * MIB, true, layout)
+            .unwrap();
+        let le_bytes = layout.extent_bytes(PE) as usize;
+        let new = pattern(12, 8192);
+        {
+            let lv = pool.open("lv").await;
+            write(&lv, 0, &pattern(11, le_bytes)).await;
+            lv.flush().await.unwrap();
+            lv.write_at(8192, IoBuf::copy_from(&new), WriteFlags::FUA)
+                .await
+                .0
+                .unwrap();
+        }
+        pool.power_loss().await;
+        let lv = pool.open("lv").await;
+        let (disk, _) = pool.device_offset(&lv, layout, 0, 8192).await;
+        pool.disks[disk].fail();
+        let got = read(&lv, 8192, 8192)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: FUA data unreadable: {e}"));
+        assert!(got == new, "{name}: FUA data lost");
+    }
+}
+
 /// A thin LV reserves placements ahead of its writes. After a PV fails,
 /// whether the server was told or only the disk knows, new extents still
 /// get written: placed off the PV if it is known failed, degraded within
