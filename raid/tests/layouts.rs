@@ -346,6 +346,46 @@ async fn new_extents_are_written_around_a_failed_pv() {
     }
 }
 
+/// A disk that died unnoticed is found failed when the server starts. The
+/// service has no record of it and keeps offering its PEs; new extents are
+/// still written, off that PV, and the service learns of the failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pv_found_failed_at_start_gets_no_new_extents() {
+    for layout in redundant_layouts() {
+        let name = layout.describe();
+        // One spare PV, the emptiest: the service puts it in every placement.
+        let mut pool = Pool::new(layout.legs() + 1, 16, 11).await;
+        pool.service
+            .create_lv("vg", "lv", 16 * MIB, true, layout)
+            .unwrap();
+        let dead = {
+            let lv = pool.open("lv").await;
+            write(&lv, 0, &pattern(1, 4096)).await;
+            lv.flush().await.unwrap();
+            let used = pool.leg_disks(&lv, 0).await;
+            (0..pool.disks.len()).find(|d| !used.contains(d)).unwrap()
+        };
+        pool.disks[dead].fail();
+        pool.power_loss().await;
+        let lv = pool.open("lv").await;
+        let le_bytes = layout.extent_bytes(PE);
+        for at in (le_bytes..lv.info().size_bytes).step_by(le_bytes as usize) {
+            write(&lv, at, &pattern(at, 4096)).await;
+            assert!(
+                !pool.leg_disks(&lv, at / le_bytes).await.contains(&dead),
+                "{name}: extent at {at} placed on the dead PV"
+            );
+        }
+        let record = pool
+            .service
+            .pv_records()
+            .into_iter()
+            .find(|pv| pv.id == pool.ids[dead])
+            .unwrap();
+        assert!(record.failed.is_some(), "{name}: failure recorded");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pvmove_moves_every_leg_off_a_pv() {
     let mut all = redundant_layouts();
