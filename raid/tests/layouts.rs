@@ -5,24 +5,17 @@
 //! pvmove, consistent parity on reused PEs, and no write hole across a
 //! power loss followed by a disk loss.
 
+mod common;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
 
-use blockvirt::testing::{run_conformance, SimDisk};
-use blockvirt::volume::{PvHandle, PvSet, ThinVolume, VolumeOptions};
-use blockvirt::{BlockDevice, ByteRange, Checked, IoBuf, IoBufMut, WriteFlags};
+use blockvirt::testing::run_conformance;
+use blockvirt::{BlockDevice, IoBuf, IoBufMut, WriteFlags};
+use common::pool::{Pool, MIB, PE};
 use metadata::layout::DEFAULT_UNIT_BYTES;
-use metadata::model::{pv_bytes_for, pv_journal_bytes, PV_LABEL_AREA_BYTES};
-use metadata::store::MemStore;
-use metadata::{Layout, LocalMapService, PvId, Service};
-use raid::io::RaidLayouts;
-use raid::journal::JournalSet;
+use metadata::Layout;
 use raid::StripeGeometry;
-use uuid::Uuid;
 
-const MIB: u64 = 1 << 20;
-const PE: u64 = 1 << 20;
 const UNIT: u64 = 64 << 10;
 
 fn redundant_layouts() -> Vec<Layout> {
@@ -53,126 +46,6 @@ fn redundant_layouts() -> Vec<Layout> {
             unit_bytes: 16 << 10,
         },
     ]
-}
-
-struct Pool {
-    store: Arc<MemStore>,
-    service: Arc<Service>,
-    pvs: PvSet,
-    ids: Vec<PvId>,
-    disks: Vec<Arc<SimDisk>>,
-    regions: Vec<(PvId, ByteRange)>,
-    journals: Arc<JournalSet>,
-}
-
-impl Pool {
-    /// `count` simulated PVs of `pes` 1 MiB extents in VG "vg".
-    async fn new(count: usize, pes: u64, seed: u64) -> Pool {
-        let store = Arc::new(MemStore::new());
-        let service = Arc::new(Service::open(Box::new(store.clone())).unwrap());
-        let pvs = PvSet::default();
-        let size = pv_bytes_for(pes, PE);
-        let (mut ids, mut disks, mut regions, mut paths) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for i in 0..count {
-            let path = std::path::PathBuf::from(format!("/sim/pv{i}"));
-            let record = service.create_pv(&path, Uuid::new_v4(), size).unwrap();
-            let disk = Arc::new(SimDisk::new(size, seed * 100 + i as u64));
-            pvs.insert(
-                record.id,
-                PvHandle {
-                    device: Arc::new(Checked::new(disk.clone())),
-                    data_offset_bytes: record.data_offset_bytes,
-                },
-                false,
-            );
-            regions.push((
-                record.id,
-                ByteRange::new(PV_LABEL_AREA_BYTES, pv_journal_bytes(size)),
-            ));
-            ids.push(record.id);
-            disks.push(disk);
-            paths.push(path);
-        }
-        service.create_vg("vg", &paths, PE).unwrap();
-        let journals = Arc::new(
-            JournalSet::open(pvs.clone(), regions.clone())
-                .await
-                .unwrap(),
-        );
-        journals.recover().await.unwrap();
-        Pool {
-            store,
-            service,
-            pvs,
-            ids,
-            disks,
-            regions,
-            journals,
-        }
-    }
-
-    async fn open(&self, lv: &str) -> ThinVolume {
-        let options = VolumeOptions {
-            commit_interval: Duration::from_secs(3600),
-            layouts: Arc::new(RaidLayouts::new(self.journals.clone())),
-            ..VolumeOptions::default()
-        };
-        let map = Arc::new(LocalMapService::new(self.service.clone()));
-        ThinVolume::open(map, self.pvs.clone(), "vg", lv, options)
-            .await
-            .unwrap()
-    }
-
-    /// Power loss and restart: every disk loses what it had not made
-    /// durable; the service starts over from its store (no leases); the
-    /// journals are replayed before anything opens.
-    async fn power_loss(&mut self) {
-        for disk in &self.disks {
-            disk.crash();
-        }
-        self.service = Arc::new(Service::open(Box::new(self.store.clone())).unwrap());
-        self.service.reclaim_all_reservations().unwrap();
-        self.journals = Arc::new(
-            JournalSet::open(self.pvs.clone(), self.regions.clone())
-                .await
-                .unwrap(),
-        );
-        self.journals.recover().await.unwrap();
-    }
-
-    /// The disk behind PV `pv`.
-    fn disk_of(&self, pv: PvId) -> usize {
-        self.ids.iter().position(|&id| id == pv).unwrap()
-    }
-
-    /// Disks holding the legs of extent `le`, in leg order.
-    async fn leg_disks(&self, lv: &ThinVolume, le: u64) -> Vec<usize> {
-        let placement = lv.placement(le).await.expect("extent is mapped");
-        placement.iter().map(|pe| self.disk_of(pe.pv)).collect()
-    }
-
-    /// Device offset on its disk of user byte `offset` of extent `le`.
-    async fn device_offset(
-        &self,
-        lv: &ThinVolume,
-        layout: Layout,
-        le: u64,
-        offset: u64,
-    ) -> (usize, u64) {
-        let placement = lv.placement(le).await.unwrap();
-        let span = StripeGeometry::new(layout, PE)
-            .unwrap()
-            .spans(offset, 4096)
-            .next()
-            .unwrap();
-        let pe = placement[span.leg];
-        let data_offset = self.pvs.get(pe.pv).unwrap().data_offset_bytes;
-        (
-            self.disk_of(pe.pv),
-            data_offset + pe.pe * PE + span.pe_offset_bytes,
-        )
-    }
 }
 
 fn pattern(seed: u64, len: usize) -> Vec<u8> {
@@ -399,6 +272,120 @@ async fn repair_rebuilds_onto_other_pvs_then_survives_another_failure() {
     }
 }
 
+/// A FUA write is durable when acknowledged, and so is what vouches for
+/// it: after a power loss, it reads back even from the last copy (or with
+/// its own leg lost, from the rest of its row), which only works if its
+/// checksums were committed with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fua_writes_read_back_after_a_power_loss_and_a_disk_loss() {
+    for layout in redundant_layouts() {
+        let name = layout.describe();
+        let mut pool = Pool::new(7, 64, 10).await;
+        pool.service
+            .create_lv("vg", "lv", 8 * MIB, true, layout)
+            .unwrap();
+        let le_bytes = layout.extent_bytes(PE) as usize;
+        let new = pattern(12, 8192);
+        {
+            let lv = pool.open("lv").await;
+            write(&lv, 0, &pattern(11, le_bytes)).await;
+            lv.flush().await.unwrap();
+            lv.write_at(8192, IoBuf::copy_from(&new), WriteFlags::FUA)
+                .await
+                .0
+                .unwrap();
+        }
+        pool.power_loss().await;
+        let lv = pool.open("lv").await;
+        let (disk, _) = pool.device_offset(&lv, layout, 0, 8192).await;
+        pool.disks[disk].fail();
+        let got = read(&lv, 8192, 8192)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: FUA data unreadable: {e}"));
+        assert!(got == new, "{name}: FUA data lost");
+    }
+}
+
+/// A thin LV reserves placements ahead of its writes. After a PV fails,
+/// whether the server was told or only the disk knows, new extents still
+/// get written: placed off the PV if it is known failed, degraded within
+/// the layout's tolerance if it fails under them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_extents_are_written_around_a_failed_pv() {
+    for layout in redundant_layouts() {
+        for announced in [true, false] {
+            let name = format!("{} (failure announced: {announced})", layout.describe());
+            let pool = Pool::new(layout.legs() + 2, 64, 9).await;
+            pool.service
+                .create_lv("vg", "lv", 16 * MIB, true, layout)
+                .unwrap();
+            let lv = pool.open("lv").await;
+            let le_bytes = layout.extent_bytes(PE);
+            let size = lv.info().size_bytes;
+            write(&lv, 0, &pattern(1, 4096)).await;
+            let dead = pool.leg_disks(&lv, 0).await[0];
+            pool.disks[dead].fail();
+            if announced {
+                pool.pvs.fail(pool.ids[dead], "disk died");
+            }
+            for (i, at) in (le_bytes..size).step_by(le_bytes as usize).enumerate() {
+                let data = pattern(2 + i as u64, 8192);
+                lv.write_at(at, IoBuf::copy_from(&data), WriteFlags::empty())
+                    .await
+                    .0
+                    .unwrap_or_else(|e| panic!("{name}: write at {at}: {e}"));
+                assert!(read(&lv, at, 8192).await.unwrap() == data, "{name}");
+                if announced {
+                    assert!(
+                        !pool.leg_disks(&lv, at / le_bytes).await.contains(&dead),
+                        "{name}: extent at {at} placed on the failed PV"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// A disk that died unnoticed is found failed when the server starts. The
+/// service has no record of it and keeps offering its PEs; new extents are
+/// still written, off that PV, and the service learns of the failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pv_found_failed_at_start_gets_no_new_extents() {
+    for layout in redundant_layouts() {
+        let name = layout.describe();
+        // One spare PV, the emptiest: the service puts it in every placement.
+        let mut pool = Pool::new(layout.legs() + 1, 16, 11).await;
+        pool.service
+            .create_lv("vg", "lv", 16 * MIB, true, layout)
+            .unwrap();
+        let dead = {
+            let lv = pool.open("lv").await;
+            write(&lv, 0, &pattern(1, 4096)).await;
+            lv.flush().await.unwrap();
+            let used = pool.leg_disks(&lv, 0).await;
+            (0..pool.disks.len()).find(|d| !used.contains(d)).unwrap()
+        };
+        pool.disks[dead].fail();
+        pool.power_loss().await;
+        let lv = pool.open("lv").await;
+        let le_bytes = layout.extent_bytes(PE);
+        for at in (le_bytes..lv.info().size_bytes).step_by(le_bytes as usize) {
+            write(&lv, at, &pattern(at, 4096)).await;
+            assert!(
+                !pool.leg_disks(&lv, at / le_bytes).await.contains(&dead),
+                "{name}: extent at {at} placed on the dead PV"
+            );
+        }
+        let record = pool
+            .service
+            .pv_records()
+            .into_iter()
+            .find(|pv| pv.id == pool.ids[dead])
+            .unwrap();
+        assert!(record.failed.is_some(), "{name}: failure recorded");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pvmove_moves_every_leg_off_a_pv() {
     let mut all = redundant_layouts();
@@ -538,6 +525,72 @@ async fn no_write_hole_after_power_loss_and_disk_loss() {
                 got == base[at..at + UNIT as usize],
                 "{name} seed {seed}: write hole: shard 1 changed"
             );
+        }
+    }
+}
+
+/// A full-row write, acknowledged but not flushed, torn by a power loss
+/// (each leg's write lands on some blocks and not others): every block of
+/// the row reads back as its old or its new bytes, before and after the
+/// loss of a disk. Without a journal entry for the row, its shards would
+/// mix both versions, parity would match neither, and the blocks would be
+/// unreadable (their checksums still the old ones, too many to rebuild).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_full_row_write_reads_back_old_or_new() {
+    let torn = blockvirt::testing::SimFaults {
+        crash_whole_probability: 0.0,
+        crash_torn_probability: 1.0,
+        ..Default::default()
+    };
+    for layout in [
+        Layout::Raid5 {
+            stripes: 3,
+            unit_bytes: UNIT,
+        },
+        Layout::Erasure {
+            data: 4,
+            parity: 2,
+            unit_bytes: UNIT,
+        },
+    ] {
+        let name = layout.describe();
+        let row_bytes = layout.data_legs() as u64 * UNIT;
+        for seed in 0..8 {
+            let mut pool = Pool::with_faults(7, 64, 200 + seed, torn).await;
+            pool.service
+                .create_lv("vg", "lv", 8 * MIB, true, layout)
+                .unwrap();
+            let at = (seed % 4) * row_bytes;
+            let old = pattern(20 + seed, row_bytes as usize);
+            let new = pattern(40 + seed, row_bytes as usize);
+            {
+                let lv = pool.open("lv").await;
+                write(&lv, at, &old).await;
+                lv.flush().await.unwrap();
+                write(&lv, at, &new).await;
+            }
+            pool.power_loss().await;
+            let lv = pool.open("lv").await;
+            let check = |got: &[u8], when: &str| {
+                for (i, block) in got.chunks(4096).enumerate() {
+                    let range = i * 4096..(i + 1) * 4096;
+                    assert!(
+                        block == &old[range.clone()] || block == &new[range],
+                        "{name} seed {seed}: block {i} is neither old nor new {when}"
+                    );
+                }
+            };
+            let got = read(&lv, at, row_bytes as usize)
+                .await
+                .unwrap_or_else(|e| panic!("{name} seed {seed}: row unreadable: {e}"));
+            check(&got, "after the power loss");
+            let disks = pool.leg_disks(&lv, 0).await;
+            pool.disks[disks[seed as usize % disks.len()]].fail();
+            let again = read(&lv, at, row_bytes as usize)
+                .await
+                .unwrap_or_else(|e| panic!("{name} seed {seed}: degraded row unreadable: {e}"));
+            check(&again, "with a disk lost");
+            assert!(got == again, "{name} seed {seed}: the row changed");
         }
     }
 }

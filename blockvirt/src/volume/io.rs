@@ -162,7 +162,12 @@ impl Inner {
         }
         // FUA covers the map entries that lead to the data, too: commit if
         // any of them (by this write or an earlier one) is not durable yet.
-        if flags.contains(WriteFlags::FUA) && pieces.iter().any(|p| !self.slot(p.le).is_durable()) {
+        // And the checksums that vouch for it: a redundant layout serves
+        // data its durable checksums do not match only while another copy
+        // agrees with it, which a failed disk can take away.
+        if flags.contains(WriteFlags::FUA)
+            && (self.checksummed || pieces.iter().any(|p| !self.slot(p.le).is_durable()))
+        {
             self.sync().await?;
         }
         Ok(())

@@ -49,12 +49,16 @@ mod layout;
 mod maintain;
 mod pvs;
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use metadata::{ChunkChecksums, ExtentEntry, LeaseToken, MapService, MetaError, PeAddr, Placement};
+use metadata::{
+    ChunkChecksums, CommitBatch, ExtentEntry, LeaseToken, MapService, MetaError, PeAddr, Placement,
+    PvId,
+};
 use parking_lot::{Mutex, RwLock};
 use tokio::task::JoinHandle;
 
@@ -107,6 +111,13 @@ struct Bits {
 }
 
 /// One logical extent.
+/// Reserved placements set aside because a leg's PV is unusable.
+#[derive(Debug, Default)]
+struct Skipped {
+    pes: Vec<PeAddr>,
+    pvs: BTreeSet<PvId>,
+}
+
 #[derive(Debug, Default)]
 struct Slot {
     placement: tokio::sync::RwLock<Option<Placement>>,
@@ -421,29 +432,91 @@ impl Inner {
 
     /// A placement for a new extent, from the reservation or the VG.
     async fn allocate(&self) -> BlockResult<Placement> {
-        if let Some(placement) = self.reservation.lock().pop() {
+        let mut skipped = Skipped::default();
+        if let Some(placement) = self.take_reserved(&mut skipped) {
+            self.dirty.lock().returned.extend(skipped.pes);
             return Ok(placement);
         }
         // One reservation request at a time: a request that comes back
         // empty then means a full pool, not spares another request is
         // about to put in the reservation.
         let _one = self.reserving.lock().await;
-        if let Some(placement) = self.reservation.lock().pop() {
-            return Ok(placement);
+        let mut reported = BTreeSet::new();
+        loop {
+            if let Some(placement) = self.take_reserved(&mut skipped) {
+                self.dirty.lock().returned.extend(skipped.pes);
+                return Ok(placement);
+            }
+            // A PV this server cannot use (dead, or missing since it
+            // started) that the VG does not know as failed is offered
+            // again and again: record it failed, so the VG places around
+            // it, and hand its skipped PEs back now, as a full VG needs
+            // every one of them.
+            let news: Vec<PvId> = skipped.pvs.difference(&reported).copied().collect();
+            if news.is_empty() && !reported.is_empty() {
+                return Err(self.no_free_extent());
+            }
+            for pv in news {
+                self.map
+                    .report_failed_pv(pv, "unusable when a new extent was placed".into())
+                    .await
+                    .map_err(|e| meta_error(&self.name, e))?;
+                reported.insert(pv);
+            }
+            self.give_back(std::mem::take(&mut skipped.pes)).await?;
+            let fresh = self
+                .map
+                .reserve(self.token, self.reserve_batch)
+                .await
+                .map_err(|e| meta_error(&self.name, e))?;
+            if fresh.is_empty() {
+                return Err(self.no_free_extent());
+            }
+            self.reservation.lock().extend(fresh);
         }
-        let fresh = self
-            .map
-            .reserve(self.token, self.reserve_batch)
-            .await
-            .map_err(|e| meta_error(&self.name, e))?;
+    }
+
+    fn no_free_extent(&self) -> BlockError {
+        BlockError::new(
+            ErrorKind::NoSpace,
+            format!("{}: the volume group has no free extent left", self.name),
+        )
+    }
+
+    /// A reserved placement with every leg on a working PV. Placements
+    /// with a leg on a failed or missing PV are set aside in `skipped`: a
+    /// new extent must not start out degraded.
+    fn take_reserved(&self, skipped: &mut Skipped) -> Option<Placement> {
         let mut reservation = self.reservation.lock();
-        reservation.extend(fresh);
-        reservation.pop().ok_or_else(|| {
-            BlockError::new(
-                ErrorKind::NoSpace,
-                format!("{}: the volume group has no free extent left", self.name),
-            )
-        })
+        while let Some(placement) = reservation.pop() {
+            let failed: Vec<PvId> = placement
+                .iter()
+                .map(|pe| pe.pv)
+                .filter(|&pv| self.pvs.is_failed(pv))
+                .collect();
+            if failed.is_empty() {
+                return Some(placement);
+            }
+            skipped.pvs.extend(failed);
+            skipped.pes.extend(placement);
+        }
+        None
+    }
+
+    /// Returns reserved PEs that were never written to the VG.
+    async fn give_back(&self, pes: Vec<PeAddr>) -> BlockResult<()> {
+        if pes.is_empty() {
+            return Ok(());
+        }
+        let batch = CommitBatch {
+            returned: pes.clone(),
+            ..CommitBatch::default()
+        };
+        if let Err(e) = self.map.commit(self.token, batch).await {
+            self.dirty.lock().returned.extend(pes);
+            return Err(meta_error(&self.name, e));
+        }
+        Ok(())
     }
 
     async fn refresh(&self) -> BlockResult<()> {

@@ -9,13 +9,16 @@
 //!          ─▶ data and parity in place ─▶ entry completed
 //! ```
 //!
-//! Crash rule (no write hole): every byte a partial-row write puts in place
-//! is in a durable journal entry before the first in-place write starts,
-//! so after a crash the replay makes every row that was mid-update
-//! consistent again before anything reads it. A full-row write computes
-//! parity from the new data alone and skips the journal, unless the row
-//! still has an unretired entry (whose replay would otherwise roll it
-//! back). Placements are freed only after `barrier` retired every entry.
+//! Crash rule (no write hole): every byte a row update puts in place is in
+//! a durable journal entry before the first in-place write starts, so
+//! after a crash the replay makes every row that was mid-update consistent
+//! again before anything reads it. Full-row writes too (their parity comes
+//! from the new data alone, but their in-place writes tear like any
+//! other): a torn one would leave shards of both versions, parity matching
+//! neither, and more shards failing their (old) checksums than parity can
+//! rebuild. Only a row whose parity legs are all lost goes unjournaled:
+//! it has no redundancy left to keep. Placements are freed only after
+//! `barrier` retired every entry.
 //!
 //! One lock per row (striped over a fixed table) orders writes, degraded
 //! reads and repairs of the same row, so no one reconstructs from a row
@@ -528,9 +531,7 @@ impl Parity {
 
         let parity_pvs = self.parity_pvs(legs, row);
         let key = self.row_key(legs, row);
-        let journaled =
-            !parity_pvs.is_empty() && (!full || self.journals.has_unretired(&parity_pvs, key));
-        let tickets = if journaled {
+        let tickets = if !parity_pvs.is_empty() {
             let entry = JournalEntry {
                 row: key,
                 writes: online
@@ -842,15 +843,22 @@ impl Redundancy for Parity {
 
     async fn initialize(&self, legs: &Legs) -> BlockResult<()> {
         // Zeroes on every leg: zero data, zero parity, every row consistent.
+        // A leg that fails is marked failed, as in a write, and the extent
+        // starts degraded if the layout tolerates it.
         let zeroes = (0..self.shards()).map(|leg| async move {
-            let (device, base) = legs.device(leg)?;
-            device
-                .write_zeroes(
-                    ByteRange::new(base, self.geometry.pe_bytes()),
-                    blockvirt::ZeroFlags::empty(),
-                )
+            let Ok((device, base)) = legs.device(leg) else {
+                return;
+            };
+            let range = ByteRange::new(base, self.geometry.pe_bytes());
+            if let Err(e) = device
+                .write_zeroes(range, blockvirt::ZeroFlags::empty())
                 .await
+            {
+                legs.fail(leg, &e);
+            }
         });
-        join_all(zeroes).await.into_iter().collect()
+        join_all(zeroes).await;
+        // Row 0 has a shard on every leg.
+        self.check_tolerance(legs, 0)
     }
 }

@@ -4,8 +4,8 @@
 //! A partial-stripe write changes some data units of a row and its parity.
 //! A crash between those writes leaves parity that matches neither the old
 //! nor the new data; if a disk then fails, rebuilding a unit that was not
-//! even being written returns wrong bytes. So, for every partial-stripe
-//! write of a parity row, the layout
+//! even being written returns wrong bytes. So, for every write of a parity
+//! row, the layout
 //!
 //! 1. computes the new data and parity bytes;
 //! 2. logs them with [`JournalSet::log`]: one entry holding every byte it
@@ -17,10 +17,9 @@
 //! After a crash, [`JournalSet::recover`] rewrites the bytes of every entry
 //! not yet retired, so each row that was mid-update is whole again before
 //! anything reads it. Entries hold complete new content, so replaying an
-//! older entry and then a newer one for a row ends at the newer state. A
-//! full-stripe write skips the journal unless [`JournalSet::has_unretired`]
-//! says the row still has an entry (then it is journaled too, so a replay
-//! can never roll back a newer write that was not journaled).
+//! older entry and then a newer one for a row ends at the newer state.
+//! Full-stripe writes are journaled as well: their in-place writes tear
+//! like any others, and a row mixing two versions is exactly the hole.
 //!
 //! Every PV has one journal, shared by all layouts of the server, in the
 //! region the PV layout reserves for it (`metadata::pv_journal_bytes`):
@@ -129,9 +128,8 @@ pub const MIN_REGION_BYTES: u64 = HEADER_AREA_BYTES + 8 * BLOCK_BYTES;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct JournalOptions {
     /// Checkpoint every journal this often, so an idle server retires its
-    /// entries (and full-stripe writes stop being journaled) without
-    /// waiting for the ring to fill. `None`: only on demand and when a
-    /// ring is half full.
+    /// entries without waiting for the ring to fill. `None`: only on
+    /// demand and when a ring is half full.
     pub checkpoint_interval: Option<Duration>,
 }
 

@@ -1,8 +1,12 @@
-//! Shared pieces of the journal tests: simulated PVs with a journal region
-//! and a data area each, a runtime per "life" of a server, deterministic
-//! contents, and a device wrapper that counts (and can hold back) flushes.
+//! Shared pieces of the raid tests. Here, for the journal tests: simulated
+//! PVs with a journal region and a data area each, a runtime per "life" of
+//! a server, deterministic contents, and a device wrapper that counts (and
+//! can hold back) flushes. In `pool`: a whole volume group of simulated PVs
+//! for the layout tests and the simulation.
 
 #![allow(dead_code)]
+
+pub mod pool;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
