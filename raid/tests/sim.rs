@@ -225,15 +225,11 @@ impl Sim {
                 .create_lv("vg", "lv", self.shape.size, plan.thin, plan.layout)
                 .unwrap();
             self.pool = Some(pool);
-            let volume = self
-                .open()
-                .await
-                .unwrap_or_else(|e| self.fail(&format!("open: {e}")));
-            if !self.plan.thin {
-                // A thick LV's extents are readied once, after lvcreate.
-                volume.inner().initialize_unwritten().await.unwrap();
-            }
-            return Some(volume);
+            return Some(
+                self.open()
+                    .await
+                    .unwrap_or_else(|e| self.fail(&format!("open: {e}"))),
+            );
         }
         // Injected I/O errors stay off while the server starts: the
         // journal tests cover recovery's error paths.

@@ -85,29 +85,40 @@ impl ThinVolume {
         };
         let mut new = old.clone();
         for &leg in &targets {
-            let exclude: Vec<PvId> = new.iter().map(|pe| pe.pv).collect();
-            let pe = inner
-                .map
-                .reserve_pe(inner.token, exclude)
-                .await
-                .map_err(|e| meta_error(&inner.name, e))?
-                .ok_or_else(|| {
-                    BlockError::new(
-                        ErrorKind::NoSpace,
-                        format!(
-                            "{}: no free extent on a PV outside extent {le}'s other legs",
-                            inner.name
-                        ),
-                    )
-                })?;
-            if let Err(e) = inner
-                .copy_leg(&legs, leg, pe, inner.checksummed.then_some(&check))
-                .await
-            {
-                inner.dirty.lock().returned.push(pe);
-                return Err(e.context_prefix(format!("{}: extent {le}", inner.name)));
-            }
-            new[leg] = pe;
+            let mut exclude: Vec<PvId> = new.iter().map(|pe| pe.pv).collect();
+            new[leg] = loop {
+                let pe = inner
+                    .map
+                    .reserve_pe(inner.token, exclude.clone())
+                    .await
+                    .map_err(|e| meta_error(&inner.name, e))?
+                    .ok_or_else(|| {
+                        BlockError::new(
+                            ErrorKind::NoSpace,
+                            format!(
+                                "{}: no free extent on a PV outside extent {le}'s other legs",
+                                inner.name
+                            ),
+                        )
+                    })?;
+                let copied = inner
+                    .copy_leg(&legs, leg, pe, inner.checksummed.then_some(&check))
+                    .await;
+                match copied {
+                    Ok(()) => break pe,
+                    // The new PE's PV failed under the copy: it is recorded
+                    // failed and another PV takes the leg.
+                    Err(CopyFailure::Target(e)) => {
+                        inner.dirty.lock().returned.push(pe);
+                        inner.lose_pv(pe.pv, &e).await?;
+                        exclude.push(pe.pv);
+                    }
+                    Err(CopyFailure::Source(e)) => {
+                        inner.dirty.lock().returned.push(pe);
+                        return Err(e.context_prefix(format!("{}: extent {le}", inner.name)));
+                    }
+                }
+            };
         }
         *guard = Some(new.clone());
         inner.placement_changed(&slot, le);
@@ -217,8 +228,8 @@ impl Inner {
         leg: usize,
         target: PeAddr,
         check: Option<&dyn super::BlockCheck>,
-    ) -> BlockResult<()> {
-        let handle = self.pvs.get(target.pv)?;
+    ) -> Result<(), CopyFailure> {
+        let handle = self.pvs.get(target.pv).map_err(CopyFailure::Target)?;
         let base = handle.data_offset_bytes + target.pe * self.pe_bytes;
         let mut offset = 0;
         while offset < self.pe_bytes {
@@ -227,14 +238,37 @@ impl Inner {
                 .redundancy
                 .rebuild_leg(legs, leg, offset, IoBufMut::zeroed(len as usize), check)
                 .await;
-            result?;
+            result.map_err(CopyFailure::Source)?;
             handle
                 .device
                 .write_at(base + offset, buf.freeze(), WriteFlags::empty())
                 .await
-                .0?;
+                .0
+                .map_err(CopyFailure::Target)?;
             offset += len;
         }
-        handle.device.flush().await
+        handle.device.flush().await.map_err(CopyFailure::Target)
     }
+
+    /// Records a PV failed that this volume found unusable: in the PV set
+    /// (whose owner records it in the VG) or, for a PV missing from the
+    /// set, in the VG directly. The VG places nothing new on it.
+    async fn lose_pv(&self, pv: PvId, error: &BlockError) -> BlockResult<()> {
+        if self.pvs.is_failed(pv) {
+            self.map
+                .report_failed_pv(pv, error.to_string())
+                .await
+                .map_err(|e| meta_error(&self.name, e))
+        } else {
+            self.pvs.fail(pv, &error.to_string());
+            Ok(())
+        }
+    }
+}
+
+/// Why copying a leg failed: reading what it should hold, or writing the
+/// new PE.
+enum CopyFailure {
+    Source(BlockError),
+    Target(BlockError),
 }
