@@ -3,8 +3,9 @@
 //! A simulation test is a function of its seed: the same seed gives the same
 //! faults, the same crash outcomes, the same failure. [`run_seeds`] runs it
 //! for a range of seeds; when one panics it prints
-//! `failing seed: N (replay with BV_SIM_SEED=N)` and re-raises the panic, so
-//! the test fails as usual. Setting `BV_SIM_SEED=N` runs only seed `N`.
+//! `failing seed: N (replay with BV_SIM_SEED=N)` and goes on with the next,
+//! and at the end the test fails naming every failing seed (a long run
+//! reports them all at once). Setting `BV_SIM_SEED=N` runs only seed `N`.
 
 use std::ops::Range;
 use std::panic::{self, AssertUnwindSafe};
@@ -13,8 +14,8 @@ use std::panic::{self, AssertUnwindSafe};
 pub const SEED_ENV: &str = "BV_SIM_SEED";
 
 /// Runs `test(seed)` for every seed in `seeds`, or only for the seed named
-/// by `BV_SIM_SEED` when it is set. A failing seed is printed before its
-/// panic is passed on.
+/// by `BV_SIM_SEED` when it is set. Panics after the last seed if any
+/// failed, naming them.
 pub fn run_seeds(seeds: Range<u64>, mut test: impl FnMut(u64)) {
     let replay = match std::env::var(SEED_ENV) {
         Ok(value) => Some(value),
@@ -24,14 +25,21 @@ pub fn run_seeds(seeds: Range<u64>, mut test: impl FnMut(u64)) {
         }
     };
     let seeds = seeds_to_run(seeds, replay.as_deref()).unwrap_or_else(|e| panic!("{e}"));
+    let count = seeds.len();
+    let mut failing = Vec::new();
     for seed in seeds {
-        // The closure is not used again after a panic, so a broken invariant
-        // inside it cannot be observed.
-        if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| test(seed))) {
+        // Each seed builds its world afresh, so one that panicked leaves
+        // nothing behind that a later seed could observe.
+        if panic::catch_unwind(AssertUnwindSafe(|| test(seed))).is_err() {
             eprintln!("failing seed: {seed} (replay with {SEED_ENV}={seed})");
-            panic::resume_unwind(payload);
+            failing.push(seed);
         }
     }
+    assert!(
+        failing.is_empty(),
+        "{} of {count} seeds failed: {failing:?}",
+        failing.len()
+    );
 }
 
 /// The seeds a run covers: the range, or the one seed being replayed.
