@@ -270,6 +270,42 @@ impl Server {
         self.bv_ok(&args);
     }
 
+    /// The `pvs --reportformat json` row of the PV file `name` (in the
+    /// test directory), sizes in bytes.
+    pub fn pv_report(&self, name: &str) -> serde_json::Value {
+        let out = self.bv_ok(&[
+            "pvs",
+            "--reportformat",
+            "json",
+            "--units",
+            "b",
+            "--nosuffix",
+        ]);
+        let parsed: serde_json::Value = serde_json::from_str(&out).expect("pvs json");
+        let path = self.path(name).display().to_string();
+        parsed["report"][0]["pv"]
+            .as_array()
+            .expect("pv array")
+            .iter()
+            .find(|row| row["pv_name"] == path.as_str())
+            .cloned()
+            .unwrap_or_else(|| panic!("{path} not in pvs: {out}"))
+    }
+
+    /// Polls `done` every 100 ms until it holds; panics with `what` and
+    /// the server log after `limit`.
+    pub fn wait_until(&self, what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+        let started = Instant::now();
+        while !done() {
+            assert!(
+                started.elapsed() < limit,
+                "timed out after {limit:?} waiting until {what}\nserver log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// The `lvs --reportformat json` row of `vg/lv`, sizes in bytes.
     pub fn lv_report(&self, vg: &str, lv: &str) -> serde_json::Value {
         let out = self.bv_ok(&[
