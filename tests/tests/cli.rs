@@ -336,3 +336,119 @@ fn metadata_and_labels_survive_restart() {
         .bv_ok(&["pvdisplay", path.to_str().unwrap()])
         .contains("no PV label"));
 }
+
+#[test]
+fn redundancy_verbs_and_their_errors() {
+    let server = Server::start();
+    server.bv_ok(&["pvcreate", "--size", "64m", "a.img", "b.img", "c.img"]);
+    server.bv_ok(&["vgcreate", "vg", "a.img", "b.img", "c.img"]);
+    server.bv_ok(&["pvcreate", "--size", "64m", "loose.img"]);
+    fn lvcreate(options: &str) -> Vec<&str> {
+        let mut args = vec!["lvcreate"];
+        args.extend(options.split(' '));
+        args
+    }
+
+    // Layouts the VG cannot place, or that make no sense, are refused, and
+    // nothing is left.
+    for (options, code, needle) in [
+        (
+            "--type raid5 -i 3 -V 16m -n r vg",
+            FAILED,
+            "needs 4 physical volumes",
+        ),
+        (
+            "--type ec --ec 4+0 -V 16m -n r vg",
+            FAILED,
+            "at least 1 parity shard",
+        ),
+        ("--type raid7 -V 16m -n r vg", USAGE, "unknown --type raid7"),
+    ] {
+        assert_fails(&server, &lvcreate(options), code, needle);
+    }
+    assert!(rows(&json(&server, "lvs"), "lv").is_empty());
+
+    server.bv_ok(&lvcreate("-V 16m -n plain vg"));
+    server.bv_ok(&lvcreate("--type raid1 -m 1 -V 16m -n mirror vg"));
+    let mirror = server.lv_report("vg", "mirror");
+    assert_eq!(mirror["segtype"], "raid1", "{mirror}");
+    assert_eq!(mirror["lv_health_status"], "", "{mirror}");
+
+    let refused: &[(&[&str], i32, &str)] = &[
+        // Repair and scrub are for redundant LVs.
+        (&["lvconvert", "--repair", "vg/plain"], FAILED, "is linear"),
+        (
+            &["lvchange", "--syncaction", "check", "vg/plain"],
+            FAILED,
+            "needs a redundant layout",
+        ),
+        (
+            &["lvchange", "--syncaction", "fix", "vg/mirror"],
+            USAGE,
+            "'fix'",
+        ),
+        (&["lvconvert", "--repair", "vg/nope"], FAILED, "not found"),
+        // Fault modes.
+        (
+            &["pvchange", "--fault", "melt", "c.img"],
+            FAILED,
+            "invalid fault mode 'melt'",
+        ),
+        (
+            &["pvchange", "--fault", "eio:2", "c.img"],
+            FAILED,
+            "in (0, 1]",
+        ),
+        (
+            &["pvchange", "--fault", "fail", "nope.img"],
+            FAILED,
+            "not found",
+        ),
+        // pvmove needs a PV of a VG.
+        (&["pvmove", "loose.img"], FAILED, "not in a volume group"),
+        (&["pvmove", "nope.img"], FAILED, "not found"),
+        // VG policies.
+        (
+            &["vgchange", "--raid-fault-policy", "explode", "vg"],
+            USAGE,
+            "'explode'",
+        ),
+        (
+            &["vgchange", "--raid-fault-policy", "warn", "nope"],
+            FAILED,
+            "not found",
+        ),
+        // Report fields are named.
+        (
+            &["lvs", "-o", "lv_name,lv_colour"],
+            FAILED,
+            "unknown field \"lv_colour\"",
+        ),
+    ];
+    for (args, code, needle) in refused {
+        assert_fails(&server, args, *code, needle);
+    }
+
+    // Every fault mode shows in pvs.
+    for mode in ["eio:0.5", "slow:20", "corrupt:0.01", "fail", "none"] {
+        server.bv_ok(&["pvchange", "--fault", mode, "loose.img"]);
+        assert_eq!(server.pv_report("loose.img")["pv_fault"], mode);
+    }
+
+    server.bv_ok(&["vgchange", "--raid-fault-policy", "allocate", "vg"]);
+    let vgs = json(&server, "vgs");
+    assert_eq!(rows(&vgs, "vg")[0]["raid_fault_policy"], "allocate");
+    let out = server.bv_ok(&["vgreduce", "--removemissing", "vg"]);
+    assert!(out.contains("no failed physical volume"), "{out}");
+    let out = server.bv_ok(&[
+        "lvs",
+        "-o",
+        "+raid_mismatch_count",
+        "--reportformat",
+        "json",
+    ]);
+    assert!(
+        out.contains("raid_mismatch_count") && out.contains("lv_size"),
+        "{out}"
+    );
+}
