@@ -91,17 +91,22 @@ impl Server {
                 .map(|(id, _)| *id)
                 .collect();
             for pv in online {
-                if server.pvs.is_failed(pv) {
-                    continue;
-                }
-                let Ok(handle) = server.pvs.get(pv) else {
-                    continue;
-                };
-                let (result, _) = handle.device.read_at(0, IoBufMut::zeroed(IO_ALIGN)).await;
-                if let Err(e) = result {
-                    server.pvs.fail(pv, &format!("health check: {e}"));
-                }
+                server.probe_pv(pv).await;
             }
+        }
+    }
+
+    /// Reads a healthy PV's first block; a PV that cannot answer is failed.
+    pub async fn probe_pv(&self, pv: PvId) {
+        if self.pvs.is_failed(pv) {
+            return;
+        }
+        let Ok(handle) = self.pvs.get(pv) else {
+            return;
+        };
+        let (result, _) = handle.device.read_at(0, IoBufMut::zeroed(IO_ALIGN)).await;
+        if let Err(e) = result {
+            self.pvs.fail(pv, &format!("health check: {e}"));
         }
     }
 }

@@ -269,6 +269,11 @@ impl Server {
         match state {
             Some(PvState::Online(device)) => {
                 device.set_mode(mode).map_err(|e| invalid(e.to_string()))?;
+                if mode == FaultMode::Fail {
+                    // A dead disk is noticed at once, not at the next I/O
+                    // or health check: `lvconvert --repair` can follow.
+                    self.probe_pv(report.record.id).await;
+                }
                 Ok(mode)
             }
             _ => Err(ApiError::new(
