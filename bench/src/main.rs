@@ -4,7 +4,10 @@
 //! - `convert` (`convert.rs`): `qemu-img convert` of a raw image;
 //! - `fio` (`fio_bench.rs`): fio's nbd engine, 4k random and 1M sequential
 //!   reads and writes, against nbdkit, qemu-nbd and Blockvirt LVs of every
-//!   layout, healthy and with a PV failed.
+//!   layout, healthy and with a PV failed;
+//! - `rebuild` (`rebuild.rs`): each redundant layout healthy, with a PV
+//!   failed and while `lvconvert --repair` rebuilds it, and the rebuild's
+//!   rate against the disk's sequential bandwidth.
 //!
 //! Every process a benchmark starts is killed, and every file it made
 //! removed, when it ends: on success, on error and on Ctrl-C.
@@ -14,6 +17,7 @@ mod fio;
 mod fio_bench;
 mod options;
 mod process;
+mod rebuild;
 mod report;
 mod servers;
 mod targets;
@@ -38,6 +42,7 @@ fn main() -> ExitCode {
     let result = match command {
         Command::Convert(options) => convert::run(&options),
         Command::Fio(options) => fio_bench::run(&options),
+        Command::Rebuild(options) => rebuild::run(&options),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

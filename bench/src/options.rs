@@ -1,15 +1,18 @@
-//! The command line: `bv-bench convert|fio [OPTIONS]`.
+//! The command line: `bv-bench convert|fio|rebuild [OPTIONS]`.
 
 use std::path::PathBuf;
 
 pub const USAGE: &str = "\
 usage: bv-bench convert [--size-mib N] [--rounds N] [--json FILE]
        bv-bench fio [--size-mib N] [--rounds N] [--runtime SECONDS] [--ramp SECONDS]
-                    [--layouts linear,raid1,raid10,raid5,ec] [--json FILE]";
+                    [--layouts linear,raid1,raid10,raid5,ec] [--json FILE]
+       bv-bench rebuild [--size-mib N] [--runtime SECONDS] [--layouts raid1,raid10,raid5,ec]
+                        [--json FILE]";
 
 pub enum Command {
     Convert(ConvertOptions),
     Fio(FioOptions),
+    Rebuild(RebuildOptions),
 }
 
 pub struct ConvertOptions {
@@ -32,12 +35,24 @@ pub struct FioOptions {
     pub json: Option<PathBuf>,
 }
 
+pub struct RebuildOptions {
+    /// Size of each thick LV (the rebuild copies its failed PV's share).
+    pub size_mib: u64,
+    /// Seconds fio runs once the repair starts.
+    pub runtime_s: u64,
+    /// Redundant layouts to measure (names as in `targets::LAYOUTS`).
+    pub layouts: Vec<String>,
+    pub json: Option<PathBuf>,
+}
+
 pub fn parse(mut args: impl Iterator<Item = String>) -> Result<Command, String> {
     let command = args.next().unwrap_or_else(|| "convert".into());
-    let (mut size_mib, mut rounds, mut json) = (1024, 3, None);
-    let (mut runtime_s, mut ramp_s) = (10, 2);
+    let rebuild = command == "rebuild";
+    let (mut size_mib, mut rounds, mut json) = (if rebuild { 4096 } else { 1024 }, 3, None);
+    let (mut runtime_s, mut ramp_s) = (if rebuild { 20 } else { 10 }, 2);
     let mut layouts: Vec<String> = crate::targets::LAYOUTS
         .iter()
+        .filter(|l| !rebuild || l.legs > 1)
         .map(|l| l.name.to_string())
         .collect();
     while let Some(arg) = args.next() {
@@ -49,16 +64,27 @@ pub fn parse(mut args: impl Iterator<Item = String>) -> Result<Command, String> 
         };
         match (command.as_str(), arg.as_str()) {
             (_, "--size-mib") => size_mib = number("--size-mib")?,
-            (_, "--rounds") => rounds = number("--rounds")? as usize,
+            ("convert" | "fio", "--rounds") => rounds = number("--rounds")? as usize,
             (_, "--json") => json = Some(PathBuf::from(&value)),
-            ("fio", "--runtime") => runtime_s = number("--runtime")?,
+            ("fio" | "rebuild", "--runtime") => runtime_s = number("--runtime")?,
             ("fio", "--ramp") => ramp_s = number("--ramp")?,
-            ("fio", "--layouts") => layouts = value.split(',').map(str::to_string).collect(),
+            ("fio" | "rebuild", "--layouts") => {
+                layouts = value.split(',').map(str::to_string).collect()
+            }
             _ => return Err(format!("unknown option {arg} for {command}")),
         }
     }
     if size_mib == 0 || rounds == 0 {
         return Err("--size-mib and --rounds must be at least 1".into());
+    }
+    if runtime_s == 0 {
+        return Err("--runtime must be at least 1 second".into());
+    }
+    if let Some(unknown) = layouts
+        .iter()
+        .find(|name| crate::targets::layout(name).is_none_or(|l| rebuild && l.legs == 1))
+    {
+        return Err(format!("unknown or non-redundant layout {unknown}"));
     }
     match command.as_str() {
         "convert" => Ok(Command::Convert(ConvertOptions {
@@ -66,27 +92,22 @@ pub fn parse(mut args: impl Iterator<Item = String>) -> Result<Command, String> 
             rounds,
             json,
         })),
-        "fio" => {
-            if runtime_s == 0 {
-                return Err("--runtime must be at least 1 second".into());
-            }
-            if let Some(unknown) = layouts
-                .iter()
-                .find(|name| crate::targets::layout(name).is_none())
-            {
-                return Err(format!("unknown layout {unknown}"));
-            }
-            Ok(Command::Fio(FioOptions {
-                size_mib,
-                rounds,
-                runtime_s,
-                ramp_s,
-                layouts,
-                json,
-            }))
-        }
+        "rebuild" => Ok(Command::Rebuild(RebuildOptions {
+            size_mib,
+            runtime_s,
+            layouts,
+            json,
+        })),
+        "fio" => Ok(Command::Fio(FioOptions {
+            size_mib,
+            rounds,
+            runtime_s,
+            ramp_s,
+            layouts,
+            json,
+        })),
         other => Err(format!(
-            "unknown benchmark {other}; available: convert, fio"
+            "unknown benchmark {other}; available: convert, fio, rebuild"
         )),
     }
 }
@@ -118,5 +139,16 @@ mod tests {
         assert!(parse_words("fio --rounds 0").is_err());
         assert!(parse_words("fio --size-mib").is_err());
         assert!(parse_words("dd").is_err());
+        assert!(parse_words("rebuild --layouts linear").is_err());
+        assert!(parse_words("rebuild --rounds 2").is_err());
+    }
+
+    #[test]
+    fn rebuild_defaults_to_every_redundant_layout() {
+        let Ok(Command::Rebuild(o)) = parse_words("rebuild") else {
+            panic!("rebuild refused");
+        };
+        assert_eq!((o.size_mib, o.runtime_s), (4096, 20));
+        assert_eq!(o.layouts, ["raid1", "raid10", "raid5", "ec"]);
     }
 }

@@ -171,6 +171,14 @@ pub struct JobStatus {
 }
 
 impl JobStatus {
+    /// What a copying job moved and how fast: "96.0 MiB in 0.41 s, 234.1
+    /// MiB/s".
+    pub fn copied(&self) -> String {
+        let mib = self.bytes_copied as f64 / (1 << 20) as f64;
+        let seconds = self.elapsed_seconds.max(1e-6);
+        format!("{mib:.1} MiB in {seconds:.2} s, {:.1} MiB/s", mib / seconds)
+    }
+
     pub fn percent(&self) -> f64 {
         if self.total == 0 {
             if self.state == JobState::Running {

@@ -97,9 +97,10 @@ pub async fn run(command: Command, socket: &Path) -> i32 {
                     path.display()
                 ),
                 Ok(Some(done)) => println!(
-                    "  {}: Moved: 100.00% ({})",
+                    "  {}: Moved: 100.00% ({}; {})",
                     path.display(),
-                    done.message.unwrap_or_default()
+                    done.message.as_deref().unwrap_or_default(),
+                    done.copied()
                 ),
                 Err(e) => fail(e),
             }
@@ -256,9 +257,11 @@ pub async fn run(command: Command, socket: &Path) -> i32 {
                 Ok(None) => println!(
                     "  Repair of {lv} started in the background; `bv lvs` shows its progress (Cpy%Sync)."
                 ),
-                Ok(Some(done)) => {
-                    println!("  {lv}: {}.", done.message.unwrap_or_default())
-                }
+                Ok(Some(done)) => println!(
+                    "  {lv}: {} ({}).",
+                    done.message.as_deref().unwrap_or_default(),
+                    done.copied()
+                ),
                 Err(e) => fail(e),
             }
         }
