@@ -524,16 +524,21 @@ impl Parity {
                 .enumerate()
                 .map(|(j, p)| (k + j, cols.start, IoBuf::copy_from(p))),
         );
-        let online: Vec<(usize, u64, IoBuf)> = writes
-            .into_iter()
-            .filter(|(shard, _, _)| legs.is_online(self.geometry.shard_leg(row, *shard)))
-            .collect();
-
-        let parity_pvs = self.parity_pvs(legs, row);
-        let key = self.row_key(legs, row);
-        let tickets = if !parity_pvs.is_empty() {
+        // A parity PV whose journal fails the entry is marked failed by
+        // the journal set; the entry then goes to the parity PVs left (or,
+        // with none left, the row has no redundancy to protect).
+        let (online, tickets) = loop {
+            let online: Vec<(usize, u64, IoBuf)> = writes
+                .iter()
+                .filter(|(shard, _, _)| legs.is_online(self.geometry.shard_leg(row, *shard)))
+                .cloned()
+                .collect();
+            let parity_pvs = self.parity_pvs(legs, row);
+            if parity_pvs.is_empty() {
+                break (online, None);
+            }
             let entry = JournalEntry {
-                row: key,
+                row: self.row_key(legs, row),
                 writes: online
                     .iter()
                     .map(|(shard, in_unit, bytes)| {
@@ -546,9 +551,11 @@ impl Parity {
                     })
                     .collect(),
             };
-            Some(self.journals.log(&parity_pvs, &entry).await?)
-        } else {
-            None
+            match self.journals.log(&parity_pvs, &entry).await {
+                Ok(tickets) => break (online, Some(tickets)),
+                Err(_) if self.parity_pvs(legs, row).len() < parity_pvs.len() => continue,
+                Err(e) => return Err(e),
+            }
         };
         self.put(legs, row, online, flags).await;
         if let Some(tickets) = tickets {

@@ -381,10 +381,17 @@ impl JournalSet {
         }
         let mut tickets = Vec::with_capacity(appends.len());
         let mut failure = None;
-        for append in appends {
+        for (journal, append) in journals.iter().zip(appends) {
             match append.await {
                 Ok(Ok(ticket)) => tickets.push(ticket),
-                Ok(Err(e)) => failure = failure.or(Some(e)),
+                Ok(Err(e)) => {
+                    // A journal that cannot take an entry is its PV failing:
+                    // marked failed, so the caller's retry leaves it out.
+                    if e.kind() == ErrorKind::Io {
+                        self.inner.pvs.fail(journal.pv, &e.to_string());
+                    }
+                    failure = failure.or(Some(e))
+                }
                 Err(join) => {
                     failure = failure.or(Some(BlockError::with_source(
                         ErrorKind::Internal,
