@@ -229,6 +229,7 @@ impl Exports for VolumeRegistry {
         Ok(Export {
             device,
             description,
+            observer: None,
             guard: Box::new(lv_use),
         })
     }
