@@ -251,6 +251,10 @@ pub struct ServeArgs {
     /// Also serve the management API over TCP (unauthenticated; loopback only).
     #[arg(long)]
     pub api_listen: Option<SocketAddr>,
+    /// Serve only GET /metrics over TCP, for Prometheus (unauthenticated):
+    /// HOST:PORT, or PORT alone for 127.0.0.1:PORT.
+    #[arg(long, value_name = "ADDR", value_parser = parse_metrics_listen)]
+    pub metrics_listen: Option<SocketAddr>,
     /// How PV I/O is submitted.
     #[arg(long, value_enum, default_value = "auto")]
     pub io_engine: IoEngine,
@@ -264,6 +268,16 @@ pub struct ServeArgs {
     /// fail a PV at once either way).
     #[arg(long, default_value_t = 5.0)]
     pub pv_check_interval: f64,
+}
+
+/// `--metrics-listen`: a bare port stays on loopback.
+fn parse_metrics_listen(value: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = value.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    value
+        .parse()
+        .map_err(|_| format!("expected HOST:PORT or PORT, got \"{value}\""))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
