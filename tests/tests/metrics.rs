@@ -418,3 +418,75 @@ fn metrics_follow_real_nbd_traffic_and_pass_promtool() {
         None
     );
 }
+
+/// A scrub of a raid1 LV: its progress shows while it runs (a slow PV
+/// keeps it running long enough to look), then its blocks in the totals.
+#[test]
+fn job_progress_and_totals_show_in_metrics() {
+    let server = Server::start_with(&[
+        "--commit-interval",
+        "0.2",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ]);
+    let address = metrics_address(&server);
+    server.make_vg("vg", 2, "64m");
+    server.bv_ok(&[
+        "lvcreate", "--type", "raid1", "-m", "1", "-L", "16m", "-n", "m", "vg",
+    ]);
+    let output = run_with_limit(
+        Command::new("qemu-io").args(["-f", "raw", "-c", "write -P 7 0 16M", &server.uri("vg/m")]),
+        LIMIT,
+    );
+    assert!(output.status.success(), "{output:?}");
+    let before = scrape_tcp(&address);
+    assert_eq!(
+        before.get("blockvirt_jobs_running", &[("kind", "check")]),
+        0.0
+    );
+    assert_eq!(
+        before.get("blockvirt_job_checked_blocks_total", &[("kind", "check")]),
+        0.0
+    );
+
+    let slow_pv = server.path("vg-pv0.img").display().to_string();
+    server.bv_ok(&["pvchange", "--fault", "slow:300", &slow_pv]);
+    server.bv_ok(&["lvchange", "--syncaction", "check", "-b", "vg/m"]);
+    let running = scrape_tcp(&address);
+    assert_eq!(
+        running.get("blockvirt_jobs_running", &[("kind", "check")]),
+        1.0
+    );
+    let ratio = running.get(
+        "blockvirt_job_progress_ratio",
+        &[("kind", "check"), ("target", "vg/m")],
+    );
+    assert!((0.0..1.0).contains(&ratio), "{ratio}");
+    promtool_accepts(&server, &running);
+
+    server.bv_ok(&["pvchange", "--fault", "none", &slow_pv]);
+    server.wait_until("the check is done", LIMIT, || {
+        scrape_tcp(&address).get("blockvirt_jobs_running", &[("kind", "check")]) == 0.0
+    });
+    let done = scrape_tcp(&address);
+    assert_eq!(
+        done.find("blockvirt_job_progress_ratio", &[("target", "vg/m")]),
+        None,
+        "only running jobs have a progress"
+    );
+    // 16 MiB written on 2 copies, checked block by block (4 KiB).
+    let checked = done.get("blockvirt_job_checked_blocks_total", &[("kind", "check")]);
+    assert!(checked >= 4096.0, "{checked}");
+    assert_eq!(
+        done.get("blockvirt_lv_mismatches", &[("vg", "vg"), ("lv", "m")]),
+        0.0
+    );
+    assert_eq!(
+        done.get(
+            "blockvirt_lv_info",
+            &[("lv", "m"), ("layout", "raid1"), ("provisioning", "thick")]
+        ),
+        1.0
+    );
+    promtool_accepts(&server, &done);
+}
