@@ -286,3 +286,26 @@ pub enum IoEngine {
     Uring,
     Threads,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bare_metrics_port_stays_on_loopback() {
+        assert_eq!(
+            parse_metrics_listen("9477"),
+            Ok("127.0.0.1:9477".parse().unwrap())
+        );
+        assert_eq!(
+            parse_metrics_listen("[::1]:9477"),
+            Ok("[::1]:9477".parse().unwrap())
+        );
+        assert_eq!(
+            parse_metrics_listen("0.0.0.0:9477"),
+            Ok("0.0.0.0:9477".parse().unwrap())
+        );
+        assert!(parse_metrics_listen("localhost:9477").is_err());
+        assert!(parse_metrics_listen("99999").is_err());
+    }
+}
