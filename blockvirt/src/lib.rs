@@ -12,9 +12,11 @@
 //!
 //! For fault injection, `leaf::Faulty` wraps a live PV (modes set at run
 //! time) and `testing::SimDisk` stands in for one in seeded simulation tests.
+//! `Counted` counts the errors a device returns, for the server's metrics.
 
 pub mod buf;
 pub mod checked;
+pub mod counted;
 pub mod device;
 pub mod error;
 pub mod label;
@@ -24,6 +26,7 @@ pub mod volume;
 
 pub use buf::{IoBuf, IoBufMut, IO_ALIGN};
 pub use checked::Checked;
+pub use counted::Counted;
 pub use device::{
     BlockDevice, BlockStatus, BufResult, ByteRange, Caps, DeviceInfo, StatusExtent, WriteFlags,
     ZeroFlags,

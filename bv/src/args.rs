@@ -251,6 +251,10 @@ pub struct ServeArgs {
     /// Also serve the management API over TCP (unauthenticated; loopback only).
     #[arg(long)]
     pub api_listen: Option<SocketAddr>,
+    /// Serve only GET /metrics over TCP, for Prometheus (unauthenticated):
+    /// HOST:PORT, or PORT alone for 127.0.0.1:PORT.
+    #[arg(long, value_name = "ADDR", value_parser = parse_metrics_listen)]
+    pub metrics_listen: Option<SocketAddr>,
     /// How PV I/O is submitted.
     #[arg(long, value_enum, default_value = "auto")]
     pub io_engine: IoEngine,
@@ -266,9 +270,42 @@ pub struct ServeArgs {
     pub pv_check_interval: f64,
 }
 
+/// `--metrics-listen`: a bare port stays on loopback.
+fn parse_metrics_listen(value: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = value.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    value
+        .parse()
+        .map_err(|_| format!("expected HOST:PORT or PORT, got \"{value}\""))
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum IoEngine {
     Auto,
     Uring,
     Threads,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bare_metrics_port_stays_on_loopback() {
+        assert_eq!(
+            parse_metrics_listen("9477"),
+            Ok("127.0.0.1:9477".parse().unwrap())
+        );
+        assert_eq!(
+            parse_metrics_listen("[::1]:9477"),
+            Ok("[::1]:9477".parse().unwrap())
+        );
+        assert_eq!(
+            parse_metrics_listen("0.0.0.0:9477"),
+            Ok("0.0.0.0:9477".parse().unwrap())
+        );
+        assert!(parse_metrics_listen("localhost:9477").is_err());
+        assert!(parse_metrics_listen("99999").is_err());
+    }
 }

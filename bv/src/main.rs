@@ -4,6 +4,7 @@
 mod api;
 mod args;
 mod cli;
+mod metrics;
 mod serve;
 mod size;
 

@@ -3,5 +3,7 @@
 //! volume state of its own.
 //!
 //! - [`nbd`]: the NBD server, the VM-disk path.
+//! - [`observe`]: what a gateway reports about the requests it answers.
 
 pub mod nbd;
+pub mod observe;

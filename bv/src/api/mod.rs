@@ -126,6 +126,13 @@ pub enum JobKind {
 }
 
 impl JobKind {
+    pub const ALL: [JobKind; 4] = [
+        JobKind::Recover,
+        JobKind::Check,
+        JobKind::Repair,
+        JobKind::Move,
+    ];
+
     /// LVM's `raid_sync_action` spelling (`move` for pvmove).
     pub fn name(self) -> &'static str {
         match self {

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
+use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -37,6 +38,15 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/v1/lvchange-syncaction", post(lvchange_syncaction))
         .route("/v1/jobs", get(jobs))
         .route("/v1/jobs/{id}", get(job))
+        .route("/metrics", get(metrics))
+        .with_state(server)
+}
+
+/// Only `/metrics`, for `bv serve --metrics-listen`: scraping over TCP
+/// without opening the management API.
+pub fn metrics_router(server: Arc<Server>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
         .with_state(server)
 }
 
@@ -131,6 +141,13 @@ async fn lvconvert_repair(State(server): Shared, Json(request): Json<LvName>) ->
 
 async fn lvchange_syncaction(State(server): Shared, Json(request): Json<SyncAction>) -> Response {
     reply(server.start_scrub(&request.vg, &request.name, request.repair))
+}
+
+async fn metrics(State(server): Shared) -> Response {
+    match server.metrics_text().await {
+        Ok(text) => ([(CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response(),
+        Err(e) => e.into_response(),
+    }
 }
 
 async fn jobs(State(server): Shared) -> Response {

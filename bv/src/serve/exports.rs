@@ -17,6 +17,7 @@ use blockvirt::{BlockDevice, BlockError, BlockResult, Checked, ErrorKind};
 use gateways::nbd::{Export, ExportError, ExportListing, Exports};
 use metadata::{LvReport, MapService, Service};
 
+use crate::metrics::Metrics;
 use crate::size::Units;
 
 #[derive(Default)]
@@ -31,6 +32,7 @@ pub struct VolumeRegistry {
     map: Arc<dyn MapService>,
     pvs: PvSet,
     options: VolumeOptions,
+    metrics: Arc<Metrics>,
     entries: parking_lot::Mutex<HashMap<String, Arc<tokio::sync::Mutex<Entry>>>>,
 }
 
@@ -60,6 +62,7 @@ impl VolumeRegistry {
         map: Arc<dyn MapService>,
         pvs: PvSet,
         options: VolumeOptions,
+        metrics: Arc<Metrics>,
     ) -> Arc<Self> {
         Arc::new_cyclic(|me| VolumeRegistry {
             me: me.clone(),
@@ -67,6 +70,7 @@ impl VolumeRegistry {
             map,
             pvs,
             options,
+            metrics,
             entries: parking_lot::Mutex::new(HashMap::new()),
         })
     }
@@ -226,9 +230,12 @@ impl Exports for VolumeRegistry {
             .map(describe)
             .unwrap_or_default();
         let device: Arc<dyn BlockDevice> = Arc::new(Checked::new(lv_use.volume.clone()));
+        // The name was checked to be VG/LV by the open above.
+        let (vg, lv) = name.split_once('/').unwrap_or((name, ""));
         Ok(Export {
             device,
             description,
+            observer: Some(self.metrics.lv_io.observer(vg, lv)),
             guard: Box::new(lv_use),
         })
     }

@@ -25,6 +25,7 @@ use parking_lot::Mutex;
 
 use super::Server;
 use crate::api::{ApiError, JobKind, JobState, JobStatus};
+use crate::metrics::snapshot::JobTotals;
 
 /// Finished jobs kept for reading back.
 const FINISHED_KEPT: usize = 64;
@@ -35,6 +36,8 @@ pub struct Jobs {
     all: Mutex<BTreeMap<u64, Arc<Job>>>,
     /// Bad copies found by the last check or repair, by LV.
     last_mismatches: Mutex<HashMap<String, u64>>,
+    /// What jobs no longer kept had done, by kind, so totals never shrink.
+    retired: Mutex<HashMap<JobKind, (u64, u64)>>,
 }
 
 pub struct Job {
@@ -90,11 +93,17 @@ impl Jobs {
             .filter(|(_, job)| job.status.lock().state != JobState::Running)
             .map(|(id, _)| *id)
             .collect();
+        let mut retired = self.retired.lock();
         for id in finished
             .iter()
             .take(finished.len().saturating_sub(FINISHED_KEPT))
         {
-            all.remove(id);
+            if let Some(job) = all.remove(id) {
+                let s = job.status.lock();
+                let (copied, checked) = retired.entry(s.kind).or_default();
+                *copied += s.bytes_copied;
+                *checked += s.blocks_checked;
+            }
         }
         Ok(job)
     }
@@ -118,6 +127,31 @@ impl Jobs {
             .collect();
         running.sort_by_key(|s| s.kind != JobKind::Recover);
         running.into_iter().next()
+    }
+
+    /// What the jobs of each kind did since the server started.
+    pub fn totals(&self) -> Vec<JobTotals> {
+        let all = self.all.lock();
+        let retired = self.retired.lock();
+        JobKind::ALL
+            .into_iter()
+            .map(|kind| {
+                let (mut copied_bytes, mut checked_blocks) =
+                    retired.get(&kind).copied().unwrap_or_default();
+                for job in all.values() {
+                    let s = job.status.lock();
+                    if s.kind == kind {
+                        copied_bytes += s.bytes_copied;
+                        checked_blocks += s.blocks_checked;
+                    }
+                }
+                JobTotals {
+                    kind,
+                    copied_bytes,
+                    checked_blocks,
+                }
+            })
+            .collect()
     }
 
     pub fn mismatches(&self, lv: &str) -> u64 {

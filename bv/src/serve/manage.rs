@@ -75,8 +75,12 @@ impl Server {
                 ));
             }
         }
-        self.metadata(move |s| s.remove_vg(&request.name, request.force))
-            .await
+        let name = request.name.clone();
+        let removed = self
+            .metadata(move |s| s.remove_vg(&request.name, request.force))
+            .await?;
+        self.metrics.lv_io.forget_vg(&name);
+        Ok(removed)
     }
 
     pub async fn create_lv(&self, request: CreateLv) -> Result<LvRecord, ApiError> {
@@ -129,8 +133,12 @@ impl Server {
                 format!("logical volume \"{full}\" is in use"),
             ));
         }
-        self.metadata(move |s| s.remove_lv(&request.vg, &request.name))
-            .await
+        let (vg, name) = (request.vg.clone(), request.name.clone());
+        let removed = self
+            .metadata(move |s| s.remove_lv(&request.vg, &request.name))
+            .await?;
+        self.metrics.lv_io.forget(&vg, &name);
+        Ok(removed)
     }
 
     pub async fn reports(&self) -> Reports {

@@ -19,6 +19,7 @@ mod exports;
 mod failures;
 mod jobs;
 mod manage;
+mod metrics;
 mod pvs;
 
 use std::collections::HashMap;
@@ -31,7 +32,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use blockvirt::leaf::{EngineChoice, FileOptions};
 use blockvirt::volume::{PvSet, VolumeOptions};
-use gateways::nbd::{NbdConfig, NbdServer};
+use gateways::nbd::{NbdConfig, NbdServer, NbdStats};
 use metadata::{LocalMapService, PvId, Service};
 use parking_lot::Mutex;
 use raid::io::RaidLayouts;
@@ -39,6 +40,7 @@ use raid::journal::JournalSet;
 
 use crate::api::routes;
 use crate::args::{IoEngine, ServeArgs};
+use crate::metrics::Metrics;
 pub use exports::VolumeRegistry;
 pub use jobs::Jobs;
 pub use pvs::PvState;
@@ -52,6 +54,8 @@ pub struct Server {
     journals: Arc<JournalSet>,
     volumes: Arc<VolumeRegistry>,
     jobs: Jobs,
+    metrics: Arc<Metrics>,
+    nbd_stats: Arc<NbdStats>,
     file_options: FileOptions,
     nbd_address: SocketAddr,
     data_dir: PathBuf,
@@ -123,6 +127,7 @@ pub async fn run(data_dir: PathBuf, socket: PathBuf, args: ServeArgs) -> anyhow:
         }
     }
     let journals = Arc::new(open_journals(&service, &pvs).await?);
+    let metrics = Arc::new(Metrics::new().context("setting up metrics")?);
     let volumes = VolumeRegistry::new(
         service.clone(),
         Arc::new(LocalMapService::new(service.clone())),
@@ -132,6 +137,7 @@ pub async fn run(data_dir: PathBuf, socket: PathBuf, args: ServeArgs) -> anyhow:
             layouts: Arc::new(RaidLayouts::new(journals.clone())),
             ..VolumeOptions::default()
         },
+        metrics.clone(),
     );
     let nbd = NbdServer::bind(
         NbdConfig {
@@ -151,6 +157,8 @@ pub async fn run(data_dir: PathBuf, socket: PathBuf, args: ServeArgs) -> anyhow:
         journals,
         volumes: volumes.clone(),
         jobs: Jobs::default(),
+        metrics,
+        nbd_stats: nbd.stats(),
         file_options,
         nbd_address: nbd.local_addr(),
         data_dir: data_dir.clone(),
@@ -188,6 +196,17 @@ pub async fn run(data_dir: PathBuf, socket: PathBuf, args: ServeArgs) -> anyhow:
             .with_context(|| format!("binding the API to {address}"))?;
         tracing::warn!("management API also on http://{address} (no authentication)");
         api_tasks.push(tokio::spawn(serve_api(tcp, router, stop_rx.clone())));
+    }
+    if let Some(address) = args.metrics_listen {
+        let tcp = tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| format!("binding the metrics listener to {address}"))?;
+        eprintln!("bv serve: metrics on http://{}/metrics", tcp.local_addr()?);
+        api_tasks.push(tokio::spawn(serve_api(
+            tcp,
+            routes::metrics_router(server.clone()),
+            stop_rx.clone(),
+        )));
     }
 
     eprintln!(

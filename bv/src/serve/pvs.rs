@@ -1,10 +1,11 @@
 //! PVs on the server: opening them at start (label checked, file locked,
-//! a fault injector in front), `pvcreate` / `pvremove`, which touch the
-//! device, its stripe journal and the metadata and undo the device change
-//! when the metadata refuses, and `pvchange --fault`.
+//! a fault injector and an error counter in front), `pvcreate` /
+//! `pvremove`, which touch the device, its stripe journal and the metadata
+//! and undo the device change when the metadata refuses, and
+//! `pvchange --fault`.
 //!
 //! ```text
-//!  PvSet ── Checked ── Faulty (pvchange --fault) ── FileDevice (io_uring)
+//!  PvSet ── Checked ── Counted (metrics) ── Faulty (pvchange --fault) ── FileDevice (io_uring)
 //! ```
 
 use std::collections::HashMap;
@@ -15,7 +16,7 @@ use std::sync::Arc;
 use blockvirt::label::{read_label, wipe_label, write_label, PvLabel};
 use blockvirt::leaf::{FaultMode, Faulty, FileDevice, FileOptions};
 use blockvirt::volume::{PvHandle, PvSet};
-use blockvirt::{BlockDevice, ByteRange, Checked, IoBufMut, WriteFlags, IO_ALIGN};
+use blockvirt::{BlockDevice, ByteRange, Checked, Counted, IoBufMut, WriteFlags, IO_ALIGN};
 use metadata::model::{pv_data_offset, PV_LABEL_AREA_BYTES};
 use metadata::{PvId, PvRecord, PvReport, Service};
 use uuid::Uuid;
@@ -23,8 +24,9 @@ use uuid::Uuid;
 use super::Server;
 use crate::api::{ApiError, ChangePv, CreatePv, PvStatus};
 
-/// A PV's device as the server holds it.
-pub type PvDevice = Arc<Faulty<FileDevice>>;
+/// A PV's device as the server holds it: errors counted (injected ones
+/// too) above the fault injector.
+pub type PvDevice = Arc<Counted<Faulty<FileDevice>>>;
 
 /// Whether the server could open a PV.
 #[derive(Clone)]
@@ -87,7 +89,7 @@ async fn open_pv(record: &PvRecord, options: FileOptions) -> Result<PvDevice, St
             record.size_bytes
         ));
     }
-    Ok(Arc::new(Faulty::new(device)))
+    Ok(Arc::new(Counted::new(Faulty::new(device))))
 }
 
 fn insert(pvs: &PvSet, record: &PvRecord, device: PvDevice, failed: bool) {
@@ -172,7 +174,7 @@ impl Server {
             data_offset_bytes: pv_data_offset(size_bytes),
         };
         write_label(&device, &label).await?;
-        let device = Arc::new(Faulty::new(device));
+        let device = Arc::new(Counted::new(Faulty::new(device)));
         let recorded = self
             .service
             .create_pv(path, label.uuid, size_bytes)
@@ -268,7 +270,10 @@ impl Server {
         let state = self.pv_states.lock().get(&report.record.id).cloned();
         match state {
             Some(PvState::Online(device)) => {
-                device.set_mode(mode).map_err(|e| invalid(e.to_string()))?;
+                device
+                    .inner()
+                    .set_mode(mode)
+                    .map_err(|e| invalid(e.to_string()))?;
                 if mode == FaultMode::Fail {
                     // A dead disk is noticed at once, not at the next I/O
                     // or health check: `lvconvert --repair` can follow.
@@ -310,7 +315,7 @@ impl Server {
             .map(|report: PvReport| {
                 let state = states.get(&report.record.id);
                 let fault = match state {
-                    Some(PvState::Online(device)) => device.mode().to_string(),
+                    Some(PvState::Online(device)) => device.inner().mode().to_string(),
                     _ => String::new(),
                 };
                 let (state, problem) = match (&report.record.failed, state) {

@@ -22,6 +22,7 @@
 //! real I/O for no later gain. The spec allows exactly this.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use blockvirt::{
     BlockDevice, BlockError, BlockStatus, ByteRange, Caps, ErrorKind, IoBufMut, StatusExtent,
@@ -35,6 +36,7 @@ use super::proto::{
     transmission_flag as tf, BlockSizes, Request,
 };
 use super::session::Session;
+use crate::observe::{IoObserver, IoOp};
 
 /// Structured reads at least this long first ask the device for holes, and
 /// zero runs at least this long are sent as `OFFSET_HOLE` instead of data.
@@ -49,6 +51,7 @@ pub(crate) struct Context {
     pub transmission_flags: u16,
     pub structured_replies: bool,
     pub allocation_context: Option<u32>,
+    pub observer: Option<Arc<dyn IoObserver>>,
 }
 
 impl Context {
@@ -60,6 +63,15 @@ impl Context {
             transmission_flags: session.transmission_flags,
             structured_replies: session.structured_replies,
             allocation_context: session.allocation_context,
+            observer: session.export.observer.clone(),
+        }
+    }
+
+    /// Reports an answered request to the export's observer; commands
+    /// with no [`IoOp`] (unknown ones) are not reported.
+    pub(crate) fn observe(&self, request: &Request, started: Instant, ok: bool) {
+        if let (Some(observer), Some(op)) = (&self.observer, io_op(request.command)) {
+            observer.completed(op, u64::from(request.len_bytes), started.elapsed(), ok);
         }
     }
 
@@ -76,6 +88,8 @@ impl Context {
 #[derive(Debug)]
 pub(crate) struct Reply {
     pub parts: Vec<Part>,
+    /// False for an error reply.
+    pub ok: bool,
 }
 
 #[derive(Debug)]
@@ -88,6 +102,7 @@ impl Reply {
     fn bytes(bytes: impl Into<Vec<u8>>) -> Reply {
         Reply {
             parts: vec![Part::Bytes(bytes.into())],
+            ok: true,
         }
     }
 }
@@ -136,6 +151,20 @@ pub(crate) enum Op {
         len_bytes: u32,
         req_one: bool,
     },
+}
+
+/// The kind an observer is told about; `None` for DISC and unknown commands.
+pub(crate) fn io_op(command: u16) -> Option<IoOp> {
+    Some(match command {
+        cmd::READ => IoOp::Read,
+        cmd::WRITE => IoOp::Write,
+        cmd::FLUSH => IoOp::Flush,
+        cmd::TRIM => IoOp::Trim,
+        cmd::CACHE => IoOp::Cache,
+        cmd::WRITE_ZEROES => IoOp::WriteZeroes,
+        cmd::BLOCK_STATUS => IoOp::BlockStatus,
+        _ => return None,
+    })
 }
 
 pub(crate) fn command_name(command: u16) -> &'static str {
@@ -320,11 +349,13 @@ fn check_range(ctx: &Context, name: &str, request: &Request) -> Result<(), Failu
 /// The reply carrying `failure`: an error chunk with its message when
 /// structured replies are on (mandatory for READ), else a simple reply.
 pub(crate) fn error_reply(ctx: &Context, cookie: u64, failure: &Failure) -> Reply {
-    if ctx.structured_replies {
+    let mut reply = if ctx.structured_replies {
         Reply::bytes(encode_error_chunk(cookie, failure.error, &failure.message))
     } else {
         Reply::bytes(encode_simple_reply(failure.error, cookie))
-    }
+    };
+    reply.ok = false;
+    reply
 }
 
 /// A payload-less success (a simple reply is allowed even when structured
@@ -530,7 +561,7 @@ async fn read(
     if !ctx.structured_replies {
         parts.push(Part::Bytes(encode_simple_reply(0, cookie).to_vec()));
         parts.extend(data.into_iter().flatten().map(Part::Data));
-        return Ok(Reply { parts });
+        return Ok(Reply { parts, ok: true });
     }
     let last = pieces.len() - 1;
     for (index, (piece, buf)) in pieces.iter().zip(data).enumerate() {
@@ -550,7 +581,7 @@ async fn read(
             }
         }
     }
-    Ok(Reply { parts })
+    Ok(Reply { parts, ok: true })
 }
 
 async fn block_status(

@@ -29,6 +29,8 @@ use async_trait::async_trait;
 use blockvirt::BlockDevice;
 use thiserror::Error;
 
+use crate::observe::IoObserver;
+
 /// One entry of `NBD_OPT_LIST`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExportListing {
@@ -42,6 +44,8 @@ pub struct Export {
     pub device: Arc<dyn BlockDevice>,
     /// Sent as `NBD_INFO_DESCRIPTION`; may be empty.
     pub description: String,
+    /// Told about every request answered on this export, if any.
+    pub observer: Option<Arc<dyn IoObserver>>,
     /// Dropped when the connection ends (after in-flight requests finish), or
     /// right after the reply to `NBD_OPT_INFO`, which opens without using.
     pub guard: Box<dyn Send + Sync>,
@@ -52,6 +56,7 @@ impl std::fmt::Debug for Export {
         f.debug_struct("Export")
             .field("device", &self.device)
             .field("description", &self.description)
+            .field("observed", &self.observer.is_some())
             .finish_non_exhaustive()
     }
 }

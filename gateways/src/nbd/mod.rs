@@ -35,7 +35,8 @@
 //! - `transmission`: the request/reply pipeline of one connection;
 //! - `commands`: what each command does to a `BlockDevice`;
 //! - `extents`: allocation maps to block-status and sparse-read replies;
-//! - `exports`: the catalogue the server asks for devices.
+//! - `exports`: the catalogue the server asks for devices;
+//! - `stats`: connection and in-flight counts for the server's metrics.
 //!
 //! Durability: FLUSH and FUA are acknowledged only after the device's
 //! `flush` (or FUA write) returned, so the device's crash-ordering rule is
@@ -47,6 +48,7 @@ mod extents;
 mod handshake;
 pub mod proto;
 mod session;
+mod stats;
 mod transmission;
 
 use std::future::Future;
@@ -61,6 +63,7 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 pub use exports::{Export, ExportError, ExportListing, Exports};
+pub use stats::NbdStats;
 
 use handshake::{HandshakeError, Outcome};
 use transmission::Limits;
@@ -107,6 +110,7 @@ pub struct NbdServer {
     local_addr: SocketAddr,
     config: NbdConfig,
     exports: Arc<dyn Exports>,
+    stats: Arc<NbdStats>,
 }
 
 impl NbdServer {
@@ -120,12 +124,18 @@ impl NbdServer {
             local_addr,
             config,
             exports,
+            stats: Arc::default(),
         })
     }
 
     /// The address actually bound.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Connection and request counts, live for as long as the server runs.
+    pub fn stats(&self) -> Arc<NbdStats> {
+        self.stats.clone()
     }
 
     /// Serves until `shutdown` completes. Then it stops accepting, answers
@@ -138,6 +148,7 @@ impl NbdServer {
             local_addr,
             config,
             exports,
+            stats,
         } = self;
         let config = Arc::new(config);
         let (stop, stopping) = watch::channel(false);
@@ -149,9 +160,17 @@ impl NbdServer {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
                         let span = tracing::debug_span!("nbd", %peer);
+                        // Counted from accept, so a client stuck in the
+                        // handshake shows too.
+                        let tally = stats.connection();
+                        let shared = Shared {
+                            exports: exports.clone(),
+                            config: config.clone(),
+                            stats: stats.clone(),
+                            _tally: tally,
+                        };
                         connections.spawn(
-                            connection(stream, exports.clone(), config.clone(), stopping.clone())
-                                .instrument(span),
+                            connection(stream, shared, stopping.clone()).instrument(span),
                         );
                     }
                     Err(e) => {
@@ -181,13 +200,23 @@ fn reap(finished: Result<(), tokio::task::JoinError>) {
     }
 }
 
-/// One client, from greeting to close.
-async fn connection(
-    mut stream: TcpStream,
+/// What a connection task holds besides its socket.
+struct Shared {
     exports: Arc<dyn Exports>,
     config: Arc<NbdConfig>,
-    shutdown: watch::Receiver<bool>,
-) {
+    stats: Arc<NbdStats>,
+    /// Counts the connection as open until the task ends (or is aborted).
+    _tally: stats::Tally,
+}
+
+/// One client, from greeting to close.
+async fn connection(mut stream: TcpStream, shared: Shared, shutdown: watch::Receiver<bool>) {
+    let Shared {
+        ref exports,
+        ref config,
+        ref stats,
+        ..
+    } = shared;
     tracing::debug!("connected");
     // Replies are written whole; Nagle would only delay them (spec advice).
     if let Err(e) = stream.set_nodelay(true) {
@@ -197,7 +226,7 @@ async fn connection(
     let negotiated = tokio::select! {
         result = tokio::time::timeout(
             config.handshake_timeout,
-            handshake::negotiate(&mut stream, &*exports, &shutdown),
+            handshake::negotiate(&mut stream, &**exports, &shutdown),
         ) => result,
         _ = shutdown_signal.wait_for(|stopping| *stopping) => {
             tracing::debug!("shutdown during the handshake");
@@ -232,5 +261,5 @@ async fn connection(
         shutdown_grace: config.shutdown_grace,
     };
     let (reader, writer) = stream.into_split();
-    transmission::serve(*session, reader, writer, shutdown, limits).await;
+    transmission::serve(*session, reader, writer, shutdown, limits, stats.clone()).await;
 }

@@ -16,7 +16,11 @@
 //!   (`max_buffer_bytes`). A request keeps its permits until its reply has
 //!   been written, so a client that stops reading replies cannot make the
 //!   server buffer without limit. Taking every request permit is how the
-//!   connection waits until nothing is in flight.
+//!   connection waits until nothing is in flight. The server-wide count
+//!   of requests in flight (`NbdStats`) follows the same permits.
+//! - Every answered request is reported to the export's observer (if it
+//!   has one) with the time from its header being read to its reply being
+//!   ready: refused ones too, as failures.
 //! - Each request runs in its own task, awaited by a small supervisor task:
 //!   a panic surfaces as a `JoinError` and becomes an `EIO` reply, and the
 //!   connection carries on.
@@ -30,7 +34,7 @@
 
 use std::io;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant as StdInstant};
 
 use blockvirt::IoBufMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
@@ -40,8 +44,9 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::commands::{self, command_name, error_reply, Context, Failure, Part, Reply};
-use super::proto::{cmd, decode_request, err, REQUEST_BYTES};
+use super::proto::{cmd, decode_request, err, Request, REQUEST_BYTES};
 use super::session::{Session, PORTABLE_PAYLOAD_BYTES};
+use super::stats::{NbdStats, Tally};
 
 /// A WRITE announcing more than this is treated as an attack and ends the
 /// connection; between the maximum payload and this, the payload is read
@@ -64,6 +69,7 @@ const BUFFER_UNIT_BYTES: usize = 64 << 10;
 struct Held {
     _request: OwnedSemaphorePermit,
     _buffer: Option<OwnedSemaphorePermit>,
+    _in_flight: Tally,
 }
 
 /// A reply on its way to the writer, with the permits it releases there.
@@ -134,6 +140,7 @@ pub(crate) async fn serve<R, W>(
     writer: W,
     shutdown: watch::Receiver<bool>,
     limits: Limits,
+    stats: Arc<NbdStats>,
 ) where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
@@ -153,6 +160,7 @@ pub(crate) async fn serve<R, W>(
             replies.clone(),
             budget.clone(),
             shutdown,
+            stats,
         );
         tokio::pin!(reading);
         tokio::select! {
@@ -245,11 +253,13 @@ async fn wait_for_shutdown(shutdown: &mut watch::Receiver<bool>) {
 async fn refuse(
     replies: &mpsc::Sender<Outgoing>,
     ctx: &Context,
-    cookie: u64,
+    request: &Request,
+    started: StdInstant,
     failure: &Failure,
 ) -> Result<(), End> {
+    ctx.observe(request, started, false);
     replies
-        .send(Outgoing::unheld(error_reply(ctx, cookie, failure)))
+        .send(Outgoing::unheld(error_reply(ctx, request.cookie, failure)))
         .await
         .map_err(|_| {
             End::Io(io::Error::new(
@@ -269,6 +279,7 @@ async fn read_loop<R>(
     replies: mpsc::Sender<Outgoing>,
     budget: Arc<Budget>,
     shutdown: watch::Receiver<bool>,
+    stats: Arc<NbdStats>,
 ) -> End
 where
     R: AsyncRead + Unpin + Send,
@@ -285,6 +296,7 @@ where
             Ok(request) => request,
             Err(e) => return End::Violation(format!("request header: {e}")),
         };
+        let started = StdInstant::now();
         let name = command_name(request.command);
         tracing::trace!(
             cookie = request.cookie,
@@ -324,7 +336,7 @@ where
                 if let Err(end) = skip(&mut reader, payload_bytes).await {
                     return end;
                 }
-                if let Err(end) = refuse(&replies, &ctx, request.cookie, &failure).await {
+                if let Err(end) = refuse(&replies, &ctx, &request, started, &failure).await {
                     return end;
                 }
                 continue;
@@ -351,13 +363,14 @@ where
         let held = Held {
             _request: request_permit,
             _buffer: buffer_permit,
+            _in_flight: stats.request(),
         };
         if let Some(failure) = shutting_down(&shutdown) {
             drop(held);
             if let Err(end) = skip(&mut reader, payload_bytes).await {
                 return end;
             }
-            if let Err(end) = refuse(&replies, &ctx, request.cookie, &failure).await {
+            if let Err(end) = refuse(&replies, &ctx, &request, started, &failure).await {
                 return end;
             }
             continue;
@@ -395,6 +408,7 @@ where
                         error_reply(&ctx, cookie, &failure)
                     }
                 };
+                ctx.observe(&request, started, reply.ok);
                 let outgoing = Outgoing {
                     reply,
                     held: Some(held),

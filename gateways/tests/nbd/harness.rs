@@ -19,7 +19,8 @@ use blockvirt::{
     BlockDevice, BlockError, BlockResult, BufResult, ByteRange, Caps, Checked, DeviceInfo,
     ErrorKind, IoBuf, IoBufMut, StatusExtent, WriteFlags, ZeroFlags,
 };
-use gateways::nbd::{Export, ExportError, ExportListing, Exports, NbdConfig, NbdServer};
+use gateways::nbd::{Export, ExportError, ExportListing, Exports, NbdConfig, NbdServer, NbdStats};
+use gateways::observe::{IoObserver, IoOp};
 use tokio::sync::{oneshot, Semaphore};
 use tokio::task::JoinHandle;
 
@@ -132,12 +133,55 @@ struct Entry {
     description: String,
 }
 
+/// One request as an observer saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    pub export: String,
+    pub op: IoOp,
+    pub len_bytes: u64,
+    pub ok: bool,
+}
+
+/// Records what the server reports for each export, in order.
+#[derive(Default)]
+pub struct Recorder {
+    seen: std::sync::Mutex<Vec<Observed>>,
+}
+
+impl Recorder {
+    pub fn take(&self) -> Vec<Observed> {
+        std::mem::take(&mut *self.seen.lock().expect("recorder lock"))
+    }
+}
+
+/// The observer handed out with one export.
+struct ExportObserver {
+    export: String,
+    recorder: Arc<Recorder>,
+}
+
+impl IoObserver for ExportObserver {
+    fn completed(&self, op: IoOp, len_bytes: u64, _elapsed: Duration, ok: bool) {
+        self.recorder
+            .seen
+            .lock()
+            .expect("recorder lock")
+            .push(Observed {
+                export: self.export.clone(),
+                op,
+                len_bytes,
+                ok,
+            });
+    }
+}
+
 /// A fixed catalogue that counts live guards, so tests can see when the
-/// server releases an export.
+/// server releases an export, and records the requests it answers.
 pub struct TestExports {
     entries: HashMap<String, Entry>,
     order: Vec<String>,
     live_guards: Arc<AtomicUsize>,
+    pub observed: Arc<Recorder>,
 }
 
 struct Guard(Arc<AtomicUsize>);
@@ -175,6 +219,10 @@ impl Exports for TestExports {
         Ok(Export {
             device: entry.device.clone(),
             description: entry.description.clone(),
+            observer: Some(Arc::new(ExportObserver {
+                export: name.to_owned(),
+                recorder: self.observed.clone(),
+            })),
             guard: Box::new(Guard(self.live_guards.clone())),
         })
     }
@@ -242,6 +290,7 @@ pub struct Fixture {
     pub addr: std::net::SocketAddr,
     pub exports: Arc<TestExports>,
     pub files: HashMap<&'static str, PathBuf>,
+    pub stats: Arc<NbdStats>,
     stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<std::io::Result<()>>>,
 }
@@ -277,6 +326,7 @@ impl Fixture {
             entries,
             order,
             live_guards: Arc::new(AtomicUsize::new(0)),
+            observed: Arc::default(),
         });
         let config = NbdConfig {
             listen: "127.0.0.1:0".parse().expect("loopback address"),
@@ -286,6 +336,7 @@ impl Fixture {
             .await
             .expect("bind NBD server");
         let addr = server.local_addr();
+        let stats = server.stats();
         let (stop, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(server.run(async move {
             let _ = stopped.await;
@@ -295,6 +346,7 @@ impl Fixture {
             addr,
             exports,
             files,
+            stats,
             stop: Some(stop),
             server: Some(server),
         }

@@ -9,6 +9,7 @@ mod harness;
 mod nbdcopy;
 mod nbdinfo;
 mod nbdsh;
+mod observe;
 mod qemu;
 mod raw_client;
 mod raw_handshake;

@@ -66,6 +66,7 @@ fn context(caps: Caps, read_only: bool, structured: bool) -> Context {
         transmission_flags: crate::nbd::session::transmission_flags(&info, structured),
         structured_replies: structured,
         allocation_context: structured.then_some(1),
+        observer: None,
     }
 }
 
