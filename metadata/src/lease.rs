@@ -47,6 +47,10 @@ pub struct LeaseGrant {
     pub checksums: Vec<ChunkChecksums>,
     /// Renew well before this runs out.
     pub duration: Duration,
+    /// The previous lease was never released (its holder crashed or lost
+    /// power): copies of a block may disagree where writes were in flight,
+    /// so the new holder resyncs them.
+    pub unclean: bool,
 }
 
 /// The new state of one logical extent; `None` unmaps it (thin LVs only).

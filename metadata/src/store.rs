@@ -33,10 +33,13 @@ pub enum Table {
     Reservations,
     /// (lv id, logical extent, chunk) -> block checksums.
     Checksums,
+    /// lv id -> holder: LVs under a lease that was never released. A key
+    /// found at the next grant means the holder stopped uncleanly.
+    Open,
 }
 
 impl Table {
-    pub const ALL: [Table; 7] = [
+    pub const ALL: [Table; 8] = [
         Table::Meta,
         Table::Pvs,
         Table::Vgs,
@@ -44,6 +47,7 @@ impl Table {
         Table::Extents,
         Table::Reservations,
         Table::Checksums,
+        Table::Open,
     ];
 
     /// The table's name in the store (a RocksDB column family).
@@ -56,6 +60,7 @@ impl Table {
             Table::Extents => "extents",
             Table::Reservations => "reservations",
             Table::Checksums => "checksums",
+            Table::Open => "open",
         }
     }
 }

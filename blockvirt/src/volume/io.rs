@@ -56,17 +56,20 @@ impl Inner {
 
     async fn read_piece(&self, piece: Piece, buf: IoBufMut) -> BufResult<IoBufMut> {
         let slot = self.slot(piece.le);
+        self.ensure_synced(piece.le, &slot).await;
         let (result, buf, clean) = {
             let guard = slot.placement.read().await;
             self.read_runs(&slot, piece, guard.as_ref(), buf, false)
                 .await
         };
-        if clean || result.is_err() {
+        let corrupt = matches!(&result, Err(e) if e.kind() == ErrorKind::Corrupt);
+        if (clean && result.is_ok()) || (result.is_err() && !corrupt) {
             return (result, buf);
         }
-        // A copy failed its checksum, or every copy disagreed with it:
-        // read again with the extent to ourselves, so that rewriting a bad
-        // copy cannot race a write, and adopt what the copies agree on.
+        // A copy failed its checksum, or every copy did. Read again with
+        // the extent to ourselves: a write in flight to the same blocks
+        // (whose checksums are recorded when it completes) is done then,
+        // and rewriting a bad copy cannot race a write.
         let guard = slot.placement.write().await;
         let (result, buf, _) = self
             .read_runs(&slot, piece, guard.as_ref(), buf, true)
@@ -114,17 +117,13 @@ impl Inner {
         let mut outcome = Ok(());
         let mut clean = true;
         let mut whole: Option<IoBufMut> = None;
-        for ((start, _, _), (result, part)) in runs.iter().zip(join_all(reads).await) {
+        for (result, part) in join_all(reads).await {
             match result {
                 Ok(report) => {
-                    clean &= report.adopted.is_empty() && report.mismatches == 0;
+                    clean &= report.mismatches == 0;
                     if repair {
                         self.mismatches
                             .fetch_add(report.mismatches, Ordering::Relaxed);
-                        for offset in report.adopted {
-                            let at = (offset - piece.offset_bytes - start) as usize;
-                            self.record_checksums(slot, piece.le, offset, &part[at..at + IO_ALIGN]);
-                        }
                     }
                 }
                 Err(e) if outcome.is_ok() => outcome = Err(e),
@@ -181,10 +180,19 @@ impl Inner {
             let guard = slot.placement.read().await;
             if let Some(placement) = guard.as_ref() {
                 if slot.is_ready() && touched & !covered & !slot.written() == 0 {
+                    let _range = slot
+                        .writing
+                        .lock(piece.offset_bytes, piece.offset_bytes + piece.len_bytes)
+                        .await;
                     let legs = self.legs(placement);
-                    self.redundancy
+                    let written = self
+                        .redundancy
                         .write(&legs, piece.offset_bytes, data.clone(), flags)
-                        .await?;
+                        .await;
+                    if let Err(e) = written {
+                        self.write_failed(&slot, &legs);
+                        return Err(e);
+                    }
                     self.completed_write(
                         &slot,
                         piece.le,
@@ -239,6 +247,8 @@ impl Inner {
                 let unused = guard.take().expect("mapped above");
                 slot.ready.store(false, Ordering::Release);
                 self.reservation.lock().push(unused);
+            } else {
+                self.write_failed(&slot, &legs);
             }
             return Err(e);
         }
@@ -262,6 +272,22 @@ impl Inner {
     ) {
         self.record_checksums(slot, le, offset_bytes, data);
         self.update_bits(slot, le, |written| written | touched);
+        self.wrote_to(legs);
+    }
+
+    /// After a write into a placed extent failed: some of it may have
+    /// landed, on some copies, without its checksums. The extent is
+    /// resynced before its next read (see `resync`), and a later flush
+    /// must make what that read returns durable.
+    fn write_failed(&self, slot: &Slot, legs: &Legs) {
+        if self.checksummed {
+            slot.unsynced.store(true, Ordering::Release);
+        }
+        self.wrote_to(legs);
+    }
+
+    /// Marks the legs' PVs for the next commit's flush.
+    fn wrote_to(&self, legs: &Legs) {
         self.dirty
             .lock()
             .pvs
@@ -331,12 +357,12 @@ impl Inner {
             for (start, len, set) in self.geometry.runs(&piece, partial) {
                 if set {
                     let offset = piece.offset_bytes + start;
-                    self.redundancy.write_zeroes(&legs, offset, len).await?;
+                    if let Err(e) = self.redundancy.write_zeroes(&legs, offset, len).await {
+                        self.write_failed(&slot, &legs);
+                        return Err(e);
+                    }
                     self.record_checksums(&slot, piece.le, offset, &vec![0; len as usize]);
-                    self.dirty
-                        .lock()
-                        .pvs
-                        .extend(legs.legs.iter().map(|leg| leg.pv));
+                    self.wrote_to(&legs);
                 }
             }
         }

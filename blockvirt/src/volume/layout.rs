@@ -97,12 +97,22 @@ pub trait BlockCheck: Send + Sync {
 /// What a verified read had to do.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReadReport {
-    /// Blocks (extent offsets) whose copies all agree but not with the
-    /// checksum: written before a crash without their checksum being
-    /// committed. The volume adopts their current content.
-    pub adopted: Vec<u64>,
     /// Bad copies found (and rewritten when allowed).
     pub mismatches: u64,
+}
+
+/// What a scrub does with what it finds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScrubMode {
+    /// Count bad copies only.
+    Check,
+    /// Rewrite copies that fail their checksum from one that passes.
+    Repair,
+    /// Repair, and where no copy passes and the copies disagree (writes in
+    /// flight at an unclean shutdown, none of them committed), make every
+    /// copy hold one of them and adopt it. Only after an unclean shutdown:
+    /// any other time such a block is damage, not an unfinished write.
+    Resync,
 }
 
 /// What a scrub of a range found.
@@ -114,8 +124,10 @@ pub struct ScrubReport {
     pub repaired: u64,
     /// Blocks no copy could vouch for.
     pub unrecoverable: u64,
-    /// Blocks whose copies agree with each other but not with the checksum
-    /// (see [`ReadReport::adopted`]).
+    /// Blocks whose copies agree with each other, or settled on one of
+    /// them, but not with the checksum: written before a crash (or a failed
+    /// write) without their checksum being committed (resync only). The
+    /// volume adopts their current content.
     pub adopted: Vec<u64>,
 }
 
@@ -185,7 +197,7 @@ pub trait Redundancy: Send + Sync + std::fmt::Debug {
         offset_bytes: u64,
         len_bytes: u64,
         check: &dyn BlockCheck,
-        repair: bool,
+        mode: ScrubMode,
     ) -> BlockResult<ScrubReport>;
 
     /// Before placements are freed or replaced, everything that could still
@@ -311,7 +323,7 @@ impl Redundancy for Linear {
         _offset_bytes: u64,
         _len_bytes: u64,
         _check: &dyn BlockCheck,
-        _repair: bool,
+        _mode: ScrubMode,
     ) -> BlockResult<ScrubReport> {
         Err(BlockError::new(
             ErrorKind::Unsupported,

@@ -12,11 +12,11 @@
 
 use std::sync::atomic::Ordering;
 
-use metadata::{PeAddr, PvId};
+use metadata::{PeAddr, Placement, PvId};
 
 use super::io::SlotCheck;
-use super::layout::ScrubReport;
-use super::{meta_error, Inner, ThinVolume};
+use super::layout::{ScrubMode, ScrubReport};
+use super::{meta_error, Inner, Slot, ThinVolume};
 use crate::buf::IoBufMut;
 use crate::device::WriteFlags;
 use crate::error::{BlockError, BlockResult, ErrorKind};
@@ -70,6 +70,9 @@ impl ThinVolume {
         let inner = &self.inner;
         inner.check_usable()?;
         let slot = inner.slot(le);
+        // The copy must not pick a side of a disagreement reads settled on
+        // another way.
+        inner.ensure_synced(le, &slot).await;
         let mut guard = slot.placement.write().await;
         let Some(old) = guard.clone() else {
             return Ok(0);
@@ -160,11 +163,6 @@ impl ThinVolume {
     pub async fn scrub_extent(&self, le: u64, repair: bool) -> BlockResult<ScrubReport> {
         let inner = &self.inner;
         inner.check_usable()?;
-        let slot = inner.slot(le);
-        let guard = slot.placement.write().await;
-        let Some(placement) = guard.as_ref() else {
-            return Ok(ScrubReport::default());
-        };
         if !inner.checksummed {
             return Err(BlockError::new(
                 ErrorKind::Unsupported,
@@ -174,34 +172,57 @@ impl ThinVolume {
                 ),
             ));
         }
-        let legs = inner.legs(placement);
+        let slot = inner.slot(le);
+        inner.ensure_synced(le, &slot).await;
+        let guard = slot.placement.write().await;
+        let Some(placement) = guard.as_ref() else {
+            return Ok(ScrubReport::default());
+        };
+        let mode = if repair {
+            ScrubMode::Repair
+        } else {
+            ScrubMode::Check
+        };
+        inner.scrub_placed(&slot, le, placement, mode).await
+    }
+}
+
+impl Inner {
+    /// Scrubs the written chunks of extent `le`, placed at `placement`;
+    /// the caller holds its placement lock exclusively.
+    pub(super) async fn scrub_placed(
+        &self,
+        slot: &Slot,
+        le: u64,
+        placement: &Placement,
+        mode: ScrubMode,
+    ) -> BlockResult<ScrubReport> {
+        let legs = self.legs(placement);
         let check = SlotCheck {
-            slot: &slot,
-            chunk_bytes: inner.geometry.chunk_bytes,
+            slot,
+            chunk_bytes: self.geometry.chunk_bytes,
         };
         let whole = super::geometry::Piece {
             le,
             offset_bytes: 0,
-            len_bytes: inner.geometry.extent_bytes,
+            len_bytes: self.geometry.extent_bytes,
             request_offset_bytes: 0,
         };
         let mut report = ScrubReport::default();
-        for (start, len, written) in inner.geometry.runs(&whole, slot.written()) {
+        for (start, len, written) in self.geometry.runs(&whole, slot.written()) {
             if written {
                 report.add(
-                    inner
-                        .redundancy
-                        .scrub(&legs, start, len, &check, repair)
+                    self.redundancy
+                        .scrub(&legs, start, len, &check, mode)
                         .await?,
                 );
             }
         }
-        inner
-            .mismatches
+        self.mismatches
             .fetch_add(report.mismatches, Ordering::Relaxed);
-        if repair {
+        if mode != ScrubMode::Check {
             for &offset in &report.adopted {
-                let (result, block) = inner
+                let (result, block) = self
                     .redundancy
                     .read(
                         &legs,
@@ -212,14 +233,12 @@ impl ThinVolume {
                     )
                     .await;
                 result?;
-                inner.record_checksums(&slot, le, offset, &block);
+                self.record_checksums(slot, le, offset, &block);
             }
         }
         Ok(report)
     }
-}
 
-impl Inner {
     /// Writes what leg `leg` of `legs` should hold onto `target`, then
     /// flushes it.
     async fn copy_leg(

@@ -48,6 +48,8 @@ mod io;
 mod layout;
 mod maintain;
 mod pvs;
+mod ranges;
+mod resync;
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -71,7 +73,8 @@ pub use checksum::{block_checksum, CHECKSUM_BLOCK_BYTES};
 use commit::{Committer, Dirty};
 pub use geometry::Geometry;
 pub use layout::{
-    BlockCheck, Layouts, Leg, Legs, Linear, LinearOnly, ReadReport, Redundancy, ScrubReport,
+    BlockCheck, Layouts, Leg, Legs, Linear, LinearOnly, ReadReport, Redundancy, ScrubMode,
+    ScrubReport,
 };
 pub use pvs::{PvHandle, PvSet};
 
@@ -129,6 +132,11 @@ struct Slot {
     /// first write initializes it: a thick LV's extents are placed at
     /// creation, on PEs holding whatever their previous owner left.
     ready: AtomicBool,
+    /// Written before an unclean shutdown and not resynced since: its
+    /// copies may disagree (see `resync`).
+    unsynced: AtomicBool,
+    /// Writes in flight under the shared placement lock.
+    writing: ranges::WriteRanges,
 }
 
 impl Slot {
@@ -212,13 +220,18 @@ impl ThinVolume {
                 return Err(e);
             }
         };
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(commit::background_commits(
                 Arc::downgrade(&inner),
                 options.commit_interval,
             )),
             tokio::spawn(commit::lease_renewal(Arc::downgrade(&inner))),
         ];
+        if inner.unsynced_extents() > 0 {
+            tasks.push(tokio::spawn(resync::background_resync(Arc::downgrade(
+                &inner,
+            ))));
+        }
         Ok(ThinVolume { inner, tasks })
     }
 
@@ -292,6 +305,9 @@ impl Inner {
                 .get(le as usize)
                 .ok_or_else(|| corrupt(format!("mapped extent {le} beyond the LV's size")))?;
             install(slot, entry, &geometry, checksummed);
+            if grant.unclean && checksummed && slot.written() != 0 {
+                slot.unsynced.store(true, Ordering::Release);
+            }
         }
         for sums in grant.checksums {
             let slot = slots.get(sums.le as usize).ok_or_else(|| {

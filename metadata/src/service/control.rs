@@ -383,7 +383,10 @@ impl Service {
             )));
         }
         let reserved = st.reservations_of(lv.id);
-        let mut changes = vec![Change::Delete(Table::Lvs, id_key(lv.id))];
+        let mut changes = vec![
+            Change::Delete(Table::Lvs, id_key(lv.id)),
+            Change::Delete(Table::Open, id_key(lv.id)),
+        ];
         let mut mapped = Vec::new();
         for (key, value) in self.store.scan_prefix(Table::Extents, &id_key(lv.id))? {
             let (_, le) = crate::model::split_pair_key(&key)?;

@@ -37,6 +37,7 @@ impl Service {
         // Everything that can fail comes before the grant takes effect.
         let map = self.read_extents(lv.id, 0)?;
         let checksums = self.read_checksums(lv.id)?;
+        let unclean = self.store.get(Table::Open, &id_key(lv.id))?.is_some();
         // A new epoch fences any earlier holder; its reservations come back.
         let orphaned = st.reservations_of(lv.id);
         let granted = LvRecord {
@@ -48,6 +49,11 @@ impl Service {
             id_key(granted.id),
             encode(&granted),
         )];
+        changes.push(Change::Put(
+            Table::Open,
+            id_key(granted.id),
+            holder.as_bytes().to_vec(),
+        ));
         changes.extend(orphaned.iter().map(unreserve));
         self.store.write(changes)?;
         st.return_reservations(&orphaned);
@@ -70,6 +76,7 @@ impl Service {
             map,
             checksums,
             duration: self.lease_duration,
+            unclean,
         })
     }
 
@@ -325,9 +332,9 @@ impl Service {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        if !returned.is_empty() {
-            self.store.write(returned.iter().map(unreserve).collect())?;
-        }
+        let mut changes: Vec<Change> = returned.iter().map(unreserve).collect();
+        changes.push(Change::Delete(Table::Open, id_key(token.lv)));
+        self.store.write(changes)?;
         st.return_reservations(&returned);
         st.leases.remove(&token.lv);
         Ok(())

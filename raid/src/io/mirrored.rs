@@ -10,13 +10,13 @@
 //! A write succeeds when at least one copy of every span took it; the
 //! copies that failed are marked failed, so they are never read again
 //! before a rebuild replaces them. Adopting a block (copies agree, the
-//! checksum does not) needs two agreeing copies: a lone copy that fails
-//! its checksum might be rot, so the read fails instead.
+//! checksum does not) is for a resync alone, and needs two copies: a lone
+//! copy that fails its checksum might be rot.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
-use blockvirt::volume::{BlockCheck, Legs, ReadReport, Redundancy, ScrubReport};
+use blockvirt::volume::{BlockCheck, Legs, ReadReport, Redundancy, ScrubMode, ScrubReport};
 use blockvirt::{
     BlockError, BlockResult, BufResult, ByteRange, ErrorKind, IoBuf, IoBufMut, WriteFlags,
     ZeroFlags,
@@ -126,9 +126,6 @@ impl Mirrored {
                         rewrite(legs, &bad, pe_offset, IoBuf::copy_from(&good)).await;
                     }
                 }
-                None if seen.len() >= 2 && seen.iter().all(|(_, data)| *data == seen[0].1) => {
-                    report.adopted.push(block_offset);
-                }
                 None => return (Err(unrecoverable(block_offset)), part),
             }
         }
@@ -181,6 +178,18 @@ async fn rewrite(legs: &Legs, targets: &[usize], pe_offset_bytes: u64, data: IoB
         }
     }
     written
+}
+
+/// The block most copies hold (the first of them on a tie).
+fn most_common(blocks: &[&[u8]]) -> Vec<u8> {
+    let count = |block: &[u8]| blocks.iter().filter(|other| **other == block).count();
+    let mut best = blocks[0];
+    for block in &blocks[1..] {
+        if count(block) > count(best) {
+            best = block;
+        }
+    }
+    best.to_vec()
 }
 
 fn no_copy(span: Span) -> BlockError {
@@ -377,8 +386,9 @@ impl Redundancy for Mirrored {
         offset_bytes: u64,
         len_bytes: u64,
         check: &dyn BlockCheck,
-        repair: bool,
+        mode: ScrubMode,
     ) -> BlockResult<ScrubReport> {
+        let repair = mode != ScrubMode::Check;
         let mut report = ScrubReport::default();
         for span in self.stripe().spans(offset_bytes, len_bytes) {
             let span_offset = offset_bytes + span.request_offset_bytes;
@@ -403,10 +413,26 @@ impl Redundancy for Mirrored {
             for at in (0..span.len_bytes as usize).step_by(BLOCK) {
                 report.blocks_checked += 1;
                 let block_offset = span_offset + at as u64;
-                let good = copies
+                let matching = copies
                     .iter()
                     .find(|(_, data)| check.matches(block_offset, &data[at..at + BLOCK]))
                     .map(|(_, data)| data[at..at + BLOCK].to_vec());
+                // Copies of an unfinished write differ without any of them
+                // being damaged: settle on one, and count no mismatch.
+                let settled = (matching.is_none()
+                    && mode == ScrubMode::Resync
+                    && copies.len() >= 2)
+                    .then(|| {
+                        let blocks: Vec<&[u8]> = copies
+                            .iter()
+                            .map(|(_, data)| &data[at..at + BLOCK])
+                            .collect();
+                        most_common(&blocks)
+                    });
+                if settled.is_some() {
+                    report.adopted.push(block_offset);
+                }
+                let good = matching.or(settled.clone());
                 let disagree = |good: &[u8]| -> Vec<usize> {
                     copies
                         .iter()
@@ -417,7 +443,9 @@ impl Redundancy for Mirrored {
                 match good {
                     Some(good) => {
                         let bad = disagree(&good);
-                        report.mismatches += bad.len() as u64;
+                        if settled.is_none() {
+                            report.mismatches += bad.len() as u64;
+                        }
                         if repair && !bad.is_empty() {
                             let pe_offset = span.pe_offset_bytes + at as u64;
                             report.repaired +=
@@ -425,7 +453,8 @@ impl Redundancy for Mirrored {
                                     as u64;
                         }
                     }
-                    None if copies.len() >= 2
+                    None if mode == ScrubMode::Resync
+                        && copies.len() >= 2
                         && disagree(&copies[0].1[at..at + BLOCK]).is_empty() =>
                     {
                         report.adopted.push(block_offset);

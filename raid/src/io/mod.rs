@@ -14,9 +14,12 @@
 //! - Reads verify each block against the volume's checksum when the volume
 //!   passes a check. A block that fails is recovered from the other copies
 //!   (mirrors) or the rest of its row (parity); the bad copy is rewritten
-//!   only when the caller holds the extent alone (`repair`). Copies that
-//!   agree with each other but not with the checksum are *adopted*: a
-//!   write that landed before a crash whose checksum never got committed.
+//!   only when the caller holds the extent alone (`repair`).
+//! - Copies that agree with each other but not with the checksum (a write
+//!   that landed before a crash, its checksum never committed) are
+//!   *adopted* only by a resync (`ScrubMode::Resync`), which the volume
+//!   runs after an unclean shutdown or a failed write. Any other time such
+//!   a block is damage: rot copied into parity, say.
 //! - No wrong bytes are ever returned: when nothing vouches for a block
 //!   the read fails.
 

@@ -28,17 +28,19 @@
 //! row): data blocks that match their checksums are trusted; parity is
 //! recomputed from them. Data blocks that fail are rebuilt from the rest
 //! of the row, trying the parity shards in turn, and accepted only if the
-//! result matches the checksums. When every shard is present and the
-//! parity agrees with the data that fails its checksum, that data is
-//! adopted (written before a crash, its checksum not committed). Anything
-//! else is unrecoverable, and the read fails rather than guess.
+//! result matches the checksums. In a resync (after an unclean shutdown
+//! or a failed write) data that fails its checksum is adopted when the
+//! row vouches for it (written before the crash, its checksum not
+//! committed). Anything else is unrecoverable, and the read fails rather
+//! than guess: outside a resync a row can agree with a bad block only
+//! because rot was read into its parity.
 
 use std::hash::{Hash, Hasher};
 use std::ops::Range;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use blockvirt::volume::{BlockCheck, Legs, ReadReport, Redundancy, ScrubReport};
+use blockvirt::volume::{BlockCheck, Legs, ReadReport, Redundancy, ScrubMode, ScrubReport};
 use blockvirt::{
     BlockError, BlockResult, BufResult, ByteRange, ErrorKind, IoBuf, IoBufMut, WriteFlags,
 };
@@ -196,6 +198,7 @@ impl Parity {
         in_unit: u64,
         at: usize,
         check: Option<&dyn BlockCheck>,
+        adopt: bool,
     ) -> Verdict {
         let (k, n) = (self.k(), self.shards());
         let block = |shard: usize| column[shard].as_ref().map(|b| &b[at..at + BLOCK]);
@@ -238,7 +241,7 @@ impl Parity {
                     adopted: Vec::new(),
                 };
             }
-            if !parity_present.is_empty() && wrong.is_empty() {
+            if adopt && !parity_present.is_empty() && wrong.is_empty() {
                 // The row is consistent with the suspects as they are.
                 return Verdict::Good {
                     shards: data.into_iter().chain(parity).collect(),
@@ -295,7 +298,7 @@ impl Parity {
                     .copied()
                     .filter(|s| !erased.contains(s))
                     .collect();
-                if !adopted.is_empty() && !rebuilt.iter().any(|&s| covered(s)) {
+                if !adopted.is_empty() && (!adopt || !rebuilt.iter().any(|&s| covered(s))) {
                     continue;
                 }
                 let Some(parity) = encode(&shards[..k]) else {
@@ -601,12 +604,8 @@ impl Parity {
         let mut report = ReadReport::default();
         let mut rewrites: Vec<(usize, u64, IoBuf)> = Vec::new();
         for at in (0..span.len_bytes as usize).step_by(BLOCK) {
-            match self.resolve(&column, span.row, in_unit, at, check) {
-                Verdict::Good {
-                    shards,
-                    wrong,
-                    adopted,
-                } => {
+            match self.resolve(&column, span.row, in_unit, at, check, false) {
+                Verdict::Good { shards, wrong, .. } => {
                     part[at..at + BLOCK].copy_from_slice(&shards[span.shard]);
                     report.mismatches += wrong.len() as u64;
                     for shard in wrong {
@@ -615,9 +614,6 @@ impl Parity {
                             in_unit + at as u64,
                             IoBuf::copy_from(&shards[shard]),
                         ));
-                    }
-                    if adopted.contains(&span.shard) {
-                        report.adopted.push(offset_bytes + at as u64);
                     }
                 }
                 Verdict::Unrecoverable => {
@@ -778,7 +774,7 @@ impl Redundancy for Parity {
                 .await;
             let mut outcome = Ok(ReadReport::default());
             for at in (0..piece.len_bytes as usize).step_by(BLOCK) {
-                match self.resolve(&column, piece.row, in_unit, at, check) {
+                match self.resolve(&column, piece.row, in_unit, at, check, false) {
                     Verdict::Good { shards, .. } => {
                         part[at..at + BLOCK].copy_from_slice(&shards[shard])
                     }
@@ -805,8 +801,11 @@ impl Redundancy for Parity {
         offset_bytes: u64,
         len_bytes: u64,
         check: &dyn BlockCheck,
-        repair: bool,
+        mode: ScrubMode,
     ) -> BlockResult<ScrubReport> {
+        // Parity rows are made consistent by the stripe journal at start;
+        // a resync is a repair here.
+        let repair = mode != ScrubMode::Check;
         let mut report = ScrubReport::default();
         let unit = self.unit();
         // Whole units of every row the range touches.
@@ -818,7 +817,7 @@ impl Redundancy for Parity {
             let mut rewrites: Vec<(usize, u64, IoBuf)> = Vec::new();
             for at in (0..unit as usize).step_by(BLOCK) {
                 report.blocks_checked += self.k() as u64;
-                match self.resolve(&column, row, 0, at, Some(check)) {
+                match self.resolve(&column, row, 0, at, Some(check), mode == ScrubMode::Resync) {
                     Verdict::Good {
                         shards,
                         wrong,

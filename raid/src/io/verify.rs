@@ -26,10 +26,7 @@ pub(crate) fn join(
     let mut whole: Option<IoBufMut> = None;
     for (result, part) in results {
         match (&mut outcome, result) {
-            (Ok(total), Ok(report)) => {
-                total.adopted.extend(report.adopted);
-                total.mismatches += report.mismatches;
-            }
+            (Ok(total), Ok(report)) => total.mismatches += report.mismatches,
             (Ok(_), Err(e)) => outcome = Err(e),
             (Err(_), _) => {}
         }
