@@ -2,8 +2,9 @@
 //! conformance suite, reads and writes with PVs failed up to the layout's
 //! tolerance, errors (never wrong bytes) beyond it, silent corruption
 //! served from redundancy and repaired by scrub, rebuild onto other PVs,
-//! pvmove, consistent parity on reused PEs, and no write hole across a
-//! power loss followed by a disk loss.
+//! pvmove, consistent parity on reused PEs, no write hole across a power
+//! loss followed by a disk loss, and copies that settle after an unclean
+//! shutdown.
 
 mod common;
 
@@ -619,4 +620,68 @@ async fn wide_rows_fit_the_smallest_journal() {
         async move { pool.open(&name).await }
     })
     .await;
+}
+
+/// Copies of a mirror that disagree with each other and with the block's
+/// checksum: after an unclean shutdown that is two writes in flight, and
+/// the copies settle on one of them for good (no read error, and the same
+/// bytes from every copy); after a clean close it is damage, and the read
+/// fails rather than guess.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_unclean_shutdown_disagreeing_copies_settle_on_one() {
+    let layout = Layout::Raid1 { copies: 2 };
+    for unclean in [true, false] {
+        let mut pool = Pool::new(4, 64, 13).await;
+        pool.service
+            .create_lv("vg", "lv", 4 * MIB, true, layout)
+            .unwrap();
+        let original = pattern(13, 64 << 10);
+        let lv = pool.open("lv").await;
+        write(&lv, 0, &original).await;
+        lv.flush().await.unwrap();
+        // Two different unfinished writes of block 1, one on each copy.
+        let placement = lv.placement(0).await.unwrap();
+        let copies: Vec<(usize, u64)> = placement
+            .iter()
+            .map(|pe| pool.pe_offset(*pe, 4096))
+            .collect();
+        let versions = [pattern(14, 4096), pattern(15, 4096)];
+        for (&(disk, offset), version) in copies.iter().zip(&versions) {
+            let device = &pool.disks[disk];
+            device
+                .write_at(offset, IoBuf::copy_from(version), WriteFlags::FUA)
+                .await
+                .0
+                .unwrap();
+        }
+        if unclean {
+            drop(lv);
+        } else {
+            lv.close().await.unwrap();
+        }
+        pool.power_loss().await;
+        let lv = pool.open("lv").await;
+        let got = read(&lv, 0, 8192).await;
+        if !unclean {
+            let err = got.expect_err("damage after a clean close is not guessed at");
+            assert_eq!(err.kind(), blockvirt::ErrorKind::Corrupt);
+            continue;
+        }
+        let got = got.expect("settled after the unclean shutdown");
+        assert!(got[..4096] == original[..4096], "block 0 untouched");
+        let block = &got[4096..];
+        assert!(
+            versions.iter().any(|v| v.as_slice() == block),
+            "block 1 holds one of the unfinished writes"
+        );
+        for &(disk, offset) in &copies {
+            assert!(
+                pool.disks[disk].stored(offset, 4096) == block,
+                "every copy holds what the read returned"
+            );
+        }
+        // It stays so with either copy gone.
+        pool.disks[copies[0].0].fail();
+        assert!(read(&lv, 4096, 4096).await.unwrap() == block);
+    }
 }
