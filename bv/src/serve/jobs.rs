@@ -20,6 +20,7 @@ use std::time::Instant;
 
 use blockvirt::volume::ScrubReport;
 use blockvirt::ErrorKind;
+use futures::StreamExt;
 use metadata::PvId;
 use parking_lot::Mutex;
 
@@ -29,6 +30,10 @@ use crate::metrics::snapshot::JobTotals;
 
 /// Finished jobs kept for reading back.
 const FINISHED_KEPT: usize = 64;
+
+/// Extents a repair rebuilds at once: each copies one extent in 1 MiB
+/// steps, and several keep every surviving PV busy.
+const REBUILDS_IN_FLIGHT: usize = 4;
 
 #[derive(Default)]
 pub struct Jobs {
@@ -253,8 +258,11 @@ impl Server {
                 break;
             }
             job.add_total(pending.len() as u64);
-            for le in pending {
-                match volume.replace_legs(le, failed).await {
+            let mut rebuilt = futures::stream::iter(pending)
+                .map(|le| async move { (le, volume.replace_legs(le, failed).await) })
+                .buffer_unordered(REBUILDS_IN_FLIGHT);
+            while let Some((le, result)) = rebuilt.next().await {
+                match result {
                     Ok(moved) => {
                         extents += 1;
                         legs += moved as u64;
