@@ -1,7 +1,7 @@
 //! Online maintenance of a volume's placed extents: replacing legs (repair
 //! after a PV failed, pvmove off a PV) and scrubbing.
 //!
-//! Each operation works one extent at a time with the extent to itself
+//! Each operation works on one extent with the extent to itself
 //! (its placement lock held exclusively), so I/O to every other extent
 //! goes on; I/O to that extent waits for one extent's copy.
 //!
