@@ -180,10 +180,15 @@ impl Inner {
             let guard = slot.placement.read().await;
             if let Some(placement) = guard.as_ref() {
                 if slot.is_ready() && touched & !covered & !slot.written() == 0 {
-                    let _range = slot
-                        .writing
-                        .lock(piece.offset_bytes, piece.offset_bytes + piece.len_bytes)
-                        .await;
+                    // Only copies can end up disagreeing (see `ranges`).
+                    let _range = match self.checksummed {
+                        true => Some(
+                            slot.writing
+                                .lock(piece.offset_bytes, piece.offset_bytes + piece.len_bytes)
+                                .await,
+                        ),
+                        false => None,
+                    };
                     let legs = self.legs(placement);
                     let written = self
                         .redundancy

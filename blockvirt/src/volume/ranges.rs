@@ -1,4 +1,4 @@
-//! Overlapping writes into one extent, one at a time.
+//! Overlapping writes into one extent of a redundant LV, one at a time.
 //!
 //! Two writes to the same block in flight together may reach the copies
 //! of a mirror in different orders, leaving copies that disagree with each

@@ -453,12 +453,6 @@ impl Redundancy for Mirrored {
                                     as u64;
                         }
                     }
-                    None if mode == ScrubMode::Resync
-                        && copies.len() >= 2
-                        && disagree(&copies[0].1[at..at + BLOCK]).is_empty() =>
-                    {
-                        report.adopted.push(block_offset);
-                    }
                     None => report.unrecoverable += 1,
                 }
             }
