@@ -3,7 +3,8 @@
 //! tolerance, errors (never wrong bytes) beyond it, silent corruption
 //! served from redundancy and repaired by scrub, rebuild onto other PVs,
 //! pvmove, consistent parity on reused PEs, no write hole across a power
-//! loss followed by a disk loss, and copies that settle after an unclean
+//! loss followed by a disk loss, degraded writes that keep rot out of
+//! parity, and copies (and lost blocks) that settle after an unclean
 //! shutdown.
 
 mod common;
@@ -683,5 +684,85 @@ async fn after_an_unclean_shutdown_disagreeing_copies_settle_on_one() {
         // It stays so with either copy gone.
         pool.disks[copies[0].0].fail();
         assert!(read(&lv, 4096, 4096).await.unwrap() == block);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_degraded_partial_row_write_does_not_fold_rot_into_parity() {
+    let layout = Layout::Erasure {
+        data: 4,
+        parity: 2,
+        unit_bytes: UNIT,
+    };
+    let pool = Pool::new(7, 64, 21).await;
+    pool.service
+        .create_lv("vg", "lv", 4 * MIB, true, layout)
+        .unwrap();
+    let lv = pool.open("lv").await;
+    let data = pattern(21, 4 * MIB as usize);
+    write(&lv, 0, &data).await;
+    lv.flush().await.unwrap();
+    // One column of row 0: shard 0 rots, shard 1's PV fails, and a write
+    // lands on shard 2. The write rebuilds the column's old data to encode
+    // new parity; folding in the rot would make parity vouch for it.
+    let at = 8192u64;
+    let (failed_disk, _) = pool.device_offset(&lv, layout, 0, at + UNIT).await;
+    pool.disks[failed_disk].fail();
+    // A read finds the failed PV, so the write sees the row degraded.
+    assert!(read(&lv, at + UNIT, 4096).await.unwrap() == data[(at + UNIT) as usize..][..4096]);
+    let (rotten_disk, rotten_offset) = pool.device_offset(&lv, layout, 0, at).await;
+    pool.disks[rotten_disk].corrupt_block(rotten_offset);
+    let new = pattern(22, 4096);
+    write(&lv, at + 2 * UNIT, &new).await;
+    lv.flush().await.unwrap();
+    let mut expect = data[..3 * UNIT as usize].to_vec();
+    expect[(at + 2 * UNIT) as usize..(at + 2 * UNIT) as usize + 4096].copy_from_slice(&new);
+    let back = read(&lv, 0, 3 * UNIT as usize).await.unwrap();
+    assert!(
+        back == expect,
+        "the rotten and the lost block read back whole"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_unclean_shutdown_a_lost_block_the_row_vouches_for_is_adopted() {
+    let layout = Layout::Erasure {
+        data: 4,
+        parity: 2,
+        unit_bytes: UNIT,
+    };
+    for unclean in [true, false] {
+        let mut pool = Pool::new(7, 64, 23).await;
+        pool.service
+            .create_lv("vg", "lv", 4 * MIB, true, layout)
+            .unwrap();
+        let lv = pool.open("lv").await;
+        write(&lv, 0, &pattern(23, 4 * MIB as usize)).await;
+        lv.flush().await.unwrap();
+        // A write whose data and parity reached the disks but whose
+        // checksum was never committed; then the data's PV is lost.
+        let newer = pattern(24, 4096);
+        write(&lv, 4096, &newer).await;
+        let (disk, _) = pool.device_offset(&lv, layout, 0, 4096).await;
+        if unclean {
+            drop(lv);
+        } else {
+            lv.close().await.unwrap();
+        }
+        pool.power_loss().await;
+        if !unclean {
+            // A clean close committed it: nothing to adopt.
+            let lv = pool.open("lv").await;
+            pool.disks[disk].fail();
+            assert!(read(&lv, 4096, 4096).await.unwrap() == newer);
+            continue;
+        }
+        pool.disks[disk].fail();
+        let lv = pool.open("lv").await;
+        // Rebuilt from four of the five survivors, the fifth agrees.
+        assert!(
+            read(&lv, 4096, 4096).await.unwrap() == newer,
+            "the row's version of the lost block is adopted"
+        );
     }
 }

@@ -38,6 +38,14 @@ impl BlockCheck for SlotCheck<'_> {
 }
 
 impl Inner {
+    /// The checks of the extent's blocks, on a checksummed layout.
+    fn check<'a>(&self, slot: &'a Slot) -> Option<SlotCheck<'a>> {
+        self.checksummed.then_some(SlotCheck {
+            slot,
+            chunk_bytes: self.geometry.chunk_bytes,
+        })
+    }
+
     pub(super) async fn read(&self, offset_bytes: u64, mut buf: IoBufMut) -> BufResult<IoBufMut> {
         let pieces = self.geometry.pieces(offset_bytes, buf.len() as u64);
         let parts: Vec<IoBufMut> = pieces
@@ -92,11 +100,8 @@ impl Inner {
             return (Ok(()), buf, true);
         };
         let legs = self.legs(placement);
-        let check = SlotCheck {
-            slot,
-            chunk_bytes: self.geometry.chunk_bytes,
-        };
-        let check = self.checksummed.then_some(&check as &dyn BlockCheck);
+        let check = self.check(slot);
+        let check = check.as_ref().map(|c| c as &dyn BlockCheck);
         let runs = self.geometry.runs(&piece, slot.written());
         let parts: Vec<IoBufMut> = runs.iter().map(|r| buf.split_to(r.1 as usize)).collect();
         let reads = runs
@@ -174,6 +179,7 @@ impl Inner {
 
     async fn write_piece(&self, piece: Piece, data: IoBuf, flags: WriteFlags) -> BlockResult<()> {
         let slot = self.slot(piece.le);
+        self.ensure_synced(piece.le, &slot).await;
         let touched = self.geometry.touched(&piece);
         let covered = self.geometry.covered(&piece);
         {
@@ -192,7 +198,13 @@ impl Inner {
                     let legs = self.legs(placement);
                     let written = self
                         .redundancy
-                        .write(&legs, piece.offset_bytes, data.clone(), flags)
+                        .write(
+                            &legs,
+                            piece.offset_bytes,
+                            data.clone(),
+                            flags,
+                            self.check(&slot).as_ref().map(|c| c as &dyn BlockCheck),
+                        )
                         .await;
                     if let Err(e) = written {
                         self.write_failed(&slot, &legs);
@@ -242,9 +254,16 @@ impl Inner {
             wide.freeze()
         };
         let legs = self.legs(placement);
+        let check = self.check(&slot);
         if let Err(e) = self
             .redundancy
-            .write(&legs, start, data.clone(), flags)
+            .write(
+                &legs,
+                start,
+                data.clone(),
+                flags,
+                check.as_ref().map(|c| c as &dyn BlockCheck),
+            )
             .await
         {
             if newly_mapped {
@@ -335,6 +354,7 @@ impl Inner {
     async fn zero_piece(&self, piece: Piece, flags: ZeroFlags, discard: bool) -> BlockResult<()> {
         let keep_allocated = flags.contains(ZeroFlags::NO_HOLE) && !discard;
         let slot = self.slot(piece.le);
+        self.ensure_synced(piece.le, &slot).await;
         let mut guard = slot.placement.write().await;
         if guard.is_none() {
             if !keep_allocated {
@@ -362,7 +382,13 @@ impl Inner {
             for (start, len, set) in self.geometry.runs(&piece, partial) {
                 if set {
                     let offset = piece.offset_bytes + start;
-                    if let Err(e) = self.redundancy.write_zeroes(&legs, offset, len).await {
+                    let check = self.check(&slot);
+                    let check = check.as_ref().map(|c| c as &dyn BlockCheck);
+                    if let Err(e) = self
+                        .redundancy
+                        .write_zeroes(&legs, offset, len, check)
+                        .await
+                    {
                         self.write_failed(&slot, &legs);
                         return Err(e);
                     }

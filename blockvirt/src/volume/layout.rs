@@ -161,17 +161,28 @@ pub trait Redundancy: Send + Sync + std::fmt::Debug {
         repair: bool,
     ) -> (BlockResult<ReadReport>, IoBufMut);
 
+    /// Writes user bytes at `offset_bytes`. `check` vouches for what the
+    /// extent held before: a layout that reads old bytes to update
+    /// redundancy (parity) verifies them, so damage is never folded into
+    /// the new parity.
     async fn write(
         &self,
         legs: &Legs,
         offset_bytes: u64,
         data: IoBuf,
         flags: WriteFlags,
+        check: Option<&dyn BlockCheck>,
     ) -> BlockResult<()>;
 
-    /// Writes real zeroes over the range on every leg.
-    async fn write_zeroes(&self, legs: &Legs, offset_bytes: u64, len_bytes: u64)
-        -> BlockResult<()>;
+    /// Writes real zeroes over the range on every leg (`check` as in
+    /// [`write`](Redundancy::write)).
+    async fn write_zeroes(
+        &self,
+        legs: &Legs,
+        offset_bytes: u64,
+        len_bytes: u64,
+        check: Option<&dyn BlockCheck>,
+    ) -> BlockResult<()>;
 
     /// The range is no longer needed: give its space back on every leg.
     async fn release(&self, legs: &Legs, offset_bytes: u64, len_bytes: u64) -> BlockResult<()>;
@@ -275,6 +286,7 @@ impl Redundancy for Linear {
         offset_bytes: u64,
         data: IoBuf,
         flags: WriteFlags,
+        _check: Option<&dyn BlockCheck>,
     ) -> BlockResult<()> {
         let (device, base) = legs.device(0)?;
         device.write_at(base + offset_bytes, data, flags).await.0
@@ -285,6 +297,7 @@ impl Redundancy for Linear {
         legs: &Legs,
         offset_bytes: u64,
         len_bytes: u64,
+        _check: Option<&dyn BlockCheck>,
     ) -> BlockResult<()> {
         let (device, base) = legs.device(0)?;
         device

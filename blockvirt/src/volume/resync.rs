@@ -9,15 +9,17 @@
 //!
 //! - At open, every written extent of a redundant LV whose previous lease
 //!   was never released (`LeaseGrant::unclean`) is marked unsynced.
-//! - Before anything reads an unsynced extent (a read, a scrub, a leg
-//!   copy), it is resynced with the extent to itself: every copy is read; a
+//! - Before anything reads or writes an unsynced extent (a read, a write,
+//!   a scrub, a leg copy), it is resynced with the extent to itself: every copy is read; a
 //!   copy that matches the block's checksum wins, otherwise the copies
 //!   settle on the one most of them hold, whose checksum is adopted
 //!   (`ScrubMode::Resync`). Every later read sees that one.
 //! - A background task resyncs the rest, one extent at a time, so full
 //!   redundancy returns without waiting for reads.
 //!
-//! Writes need no resync first: they write every copy of what they touch.
+//! Writes wait for it too: a parity layout's partial-row write reads the
+//! old data to update parity, and verifies it first; an unfinished write
+//! from before the crash would fail that check until the resync adopts it.
 
 use std::sync::atomic::Ordering;
 use std::sync::Weak;

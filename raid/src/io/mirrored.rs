@@ -238,7 +238,9 @@ impl Redundancy for Mirrored {
         offset_bytes: u64,
         data: IoBuf,
         flags: WriteFlags,
+        _check: Option<&dyn BlockCheck>,
     ) -> BlockResult<()> {
+        // Copies are written whole; nothing old is read.
         let spans: Vec<Span> = self
             .stripe()
             .spans(offset_bytes, data.len() as u64)
@@ -287,6 +289,7 @@ impl Redundancy for Mirrored {
         legs: &Legs,
         offset_bytes: u64,
         len_bytes: u64,
+        _check: Option<&dyn BlockCheck>,
     ) -> BlockResult<()> {
         let spans: Vec<Span> = self.stripe().spans(offset_bytes, len_bytes).collect();
         let zeroes = spans.iter().map(|span| async move {

@@ -4,8 +4,8 @@
 //! ```text
 //!  read:   data shard's leg ──ok──▶ verified ──bad──▶ resolve the column
 //!            └─lost─▶ reconstruct from the row's other shards
-//!  write:  row lock ─▶ old bytes (RMW, or the whole column when degraded)
-//!          ─▶ new parity ─▶ journal entry on the parity PVs, durable
+//!  write:  row lock ─▶ old bytes, verified (RMW; the whole column, resolved,
+//!          when degraded or the old bytes fail) ─▶ new parity ─▶ journal entry on the parity PVs, durable
 //!          ─▶ data and parity in place ─▶ entry completed
 //! ```
 //!
@@ -31,7 +31,9 @@
 //! result matches the checksums. In a resync (after an unclean shutdown
 //! or a failed write) data that fails its checksum is adopted when the
 //! row vouches for it (written before the crash, its checksum not
-//! committed). Anything else is unrecoverable, and the read fails rather
+//! committed): a present block that a rebuilt block proves the row sound
+//! around, or a lost block rebuilt from K shards that every further
+//! survivor agrees with. Anything else is unrecoverable, and the read fails rather
 //! than guess: outside a resync a row can agree with a bad block only
 //! because rot was read into its parity.
 
@@ -288,22 +290,43 @@ impl Parity {
                     continue;
                 }
                 let rebuilt: Vec<usize> = erased.iter().copied().filter(|&s| s < k).collect();
-                if !rebuilt.iter().all(|&s| matches(s, &shards[s])) {
+                let unvouched: Vec<usize> = rebuilt
+                    .iter()
+                    .copied()
+                    .filter(|&s| !matches(s, &shards[s]))
+                    .collect();
+                if unvouched.iter().any(|&s| present[s]) {
                     continue;
                 }
                 // Suspects kept as they are stand only if a rebuilt block
                 // proved, against a real checksum, that the row is sound.
-                let adopted: Vec<usize> = suspects
+                let kept: Vec<usize> = suspects
                     .iter()
                     .copied()
                     .filter(|s| !erased.contains(s))
                     .collect();
-                if !adopted.is_empty() && (!adopt || !rebuilt.iter().any(|&s| covered(s))) {
+                let proven = rebuilt
+                    .iter()
+                    .any(|&s| covered(s) && !unvouched.contains(&s));
+                if !kept.is_empty() && (!adopt || !proven) {
                     continue;
                 }
                 let Some(parity) = encode(&shards[..k]) else {
                     continue;
                 };
+                // A lost block rebuilt to something its checksum does not
+                // know stands only in a resync, and only if more shards
+                // than the rebuild needed all agree with it: written before
+                // the crash, its checksum not committed.
+                if !unvouched.is_empty() {
+                    let agree = excluded.is_empty()
+                        && survivors.iter().filter(|s| **s).count() > k
+                        && (k..n).all(|s| !survivors[s] || block(s) == Some(&parity[s - k][..]));
+                    if !adopt || !agree {
+                        continue;
+                    }
+                }
+                let adopted: Vec<usize> = kept.into_iter().chain(unvouched).collect();
                 let mut wrong: Vec<usize> = suspects
                     .iter()
                     .copied()
@@ -356,6 +379,29 @@ impl Parity {
         failed
     }
 
+    /// Whether the old bytes under the blocks `pieces` overwrite (read into
+    /// `column`, which starts at unit byte `cols.start`) are what was
+    /// written there.
+    fn old_blocks_match(
+        &self,
+        column: &[Option<IoBufMut>],
+        row: u64,
+        cols: &Range<u64>,
+        pieces: &[(usize, Range<u64>, IoBuf)],
+        check: Option<&dyn BlockCheck>,
+    ) -> bool {
+        let Some(check) = check else {
+            return true;
+        };
+        pieces.iter().all(|(shard, range, _)| {
+            let old = column[*shard].as_ref().expect("read");
+            range.clone().step_by(BLOCK).all(|in_unit| {
+                let at = (in_unit - cols.start) as usize;
+                check.matches(self.data_offset(row, *shard, in_unit), &old[at..at + BLOCK])
+            })
+        })
+    }
+
     /// Lost legs beyond what the layout tolerates: the row cannot be kept.
     fn check_tolerance(&self, legs: &Legs, row: u64) -> BlockResult<()> {
         let lost = (0..self.shards())
@@ -380,6 +426,7 @@ impl Parity {
         rs: RowSpan,
         data: IoBuf,
         flags: WriteFlags,
+        check: Option<&dyn BlockCheck>,
     ) -> BlockResult<()> {
         let unit = self.unit();
         let row = rs.row;
@@ -426,7 +473,7 @@ impl Parity {
                 })
                 .collect();
             if !in_slice.is_empty() {
-                self.write_slice(legs, row, cols.clone(), in_slice, rs.full, flags)
+                self.write_slice(legs, row, cols.clone(), in_slice, rs.full, flags, check)
                     .await?;
             }
             start = cols.end;
@@ -436,6 +483,7 @@ impl Parity {
 
     /// Writes the new data of one column slice of a row (the row lock
     /// held): new parity, journal entry, data and parity in place.
+    #[allow(clippy::too_many_arguments)]
     async fn write_slice(
         &self,
         legs: &Legs,
@@ -444,10 +492,14 @@ impl Parity {
         pieces: Vec<(usize, Range<u64>, IoBuf)>,
         full: bool,
         flags: WriteFlags,
+        check: Option<&dyn BlockCheck>,
     ) -> BlockResult<()> {
         let (k, n) = (self.k(), self.shards());
         let cols_len = (cols.end - cols.start) as usize;
-        let mut degraded = !(0..n).all(|s| legs.is_online(self.geometry.shard_leg(row, s)));
+        // Read-modify-write needs every changed shard and all parity, and
+        // old data that is what was written; otherwise the whole column is
+        // read and resolved.
+        let mut whole_column = !(0..n).all(|s| legs.is_online(self.geometry.shard_leg(row, s)));
         let parity: Vec<Vec<u8>> = loop {
             if full {
                 let inputs: Vec<&[u8]> = pieces.iter().map(|(_, _, bytes)| &bytes[..]).collect();
@@ -459,7 +511,7 @@ impl Parity {
                     .map_err(codec_error)?;
                 break parity;
             }
-            if !degraded {
+            if !whole_column {
                 // Read-modify-write: old bytes of the changed shards, old parity.
                 let wanted =
                     |shard: usize| shard >= k || pieces.iter().any(|(s, _, _)| *s == shard);
@@ -467,7 +519,12 @@ impl Parity {
                     .read_shards(legs, row, cols.start, cols.end - cols.start, wanted)
                     .await;
                 if (0..n).any(|s| wanted(s) && column[s].is_none()) {
-                    degraded = true; // a leg failed during the read
+                    whole_column = true; // a leg failed during the read
+                    continue;
+                }
+                if !self.old_blocks_match(&column, row, &cols, &pieces, check) {
+                    // Damage folded into the delta would corrupt parity.
+                    whole_column = true;
                     continue;
                 }
                 let mut parity: Vec<Vec<u8>> = (k..n)
@@ -488,7 +545,10 @@ impl Parity {
                 }
                 break parity;
             }
-            // Degraded: rebuild the old columns, apply the new data, encode.
+            // Whole column: the old data, verified block by block, the new
+            // data over it, parity encoded afresh. Where the row cannot
+            // vouch for a block, it is rebuilt as it stands: lost already,
+            // it fails its checksum on every read.
             let column = self
                 .read_column(legs, row, cols.start, cols.end - cols.start)
                 .await;
@@ -504,6 +564,17 @@ impl Parity {
             self.codec
                 .reconstruct_data(&mut slices, &present)
                 .map_err(codec_error)?;
+            if check.is_some() {
+                for at in (0..cols_len).step_by(BLOCK) {
+                    if let Verdict::Good { shards: sound, .. } =
+                        self.resolve(&column, row, cols.start, at, check, false)
+                    {
+                        for (shard, block) in shards.iter_mut().zip(&sound).take(k) {
+                            shard[at..at + BLOCK].copy_from_slice(block);
+                        }
+                    }
+                }
+            }
             for (shard, range, bytes) in &pieces {
                 let at = (range.start - cols.start) as usize;
                 shards[*shard][at..at + bytes.len()].copy_from_slice(bytes);
@@ -697,6 +768,7 @@ impl Redundancy for Parity {
         offset_bytes: u64,
         data: IoBuf,
         flags: WriteFlags,
+        check: Option<&dyn BlockCheck>,
     ) -> BlockResult<()> {
         let rows: Vec<RowSpan> = self
             .geometry
@@ -706,7 +778,7 @@ impl Redundancy for Parity {
             let bytes = data.slice(
                 rs.request_offset_bytes as usize..(rs.request_offset_bytes + rs.len_bytes) as usize,
             );
-            self.write_row(legs, rs, bytes, flags)
+            self.write_row(legs, rs, bytes, flags, check)
         });
         join_all(writes).await.into_iter().collect()
     }
@@ -716,6 +788,7 @@ impl Redundancy for Parity {
         legs: &Legs,
         offset_bytes: u64,
         len_bytes: u64,
+        check: Option<&dyn BlockCheck>,
     ) -> BlockResult<()> {
         // Through the parity path: the row's parity must follow.
         self.write(
@@ -723,6 +796,7 @@ impl Redundancy for Parity {
             offset_bytes,
             IoBuf::zeroed(len_bytes as usize),
             WriteFlags::empty(),
+            check,
         )
         .await
     }
