@@ -15,9 +15,13 @@
 //! read that spans extents fills one client buffer without copying.
 
 use std::alloc::{self, Layout};
+use std::io;
+use std::mem::MaybeUninit;
 use std::ops::{Deref, DerefMut, Range};
 use std::ptr::NonNull;
 use std::sync::Arc;
+
+use tokio::io::{AsyncRead, ReadBuf};
 
 /// Alignment of every buffer, and the largest sector size leaves honour.
 pub const IO_ALIGN: usize = 4096;
@@ -35,6 +39,17 @@ unsafe impl Sync for Allocation {}
 
 impl Allocation {
     fn zeroed(len: usize) -> Arc<Self> {
+        Self::new(len, true)
+    }
+
+    /// An allocation whose bytes are uninitialized: only
+    /// [`IoBufMut::read_exact_from`] uses it, and it hands out no view
+    /// before every byte is written.
+    fn uninit(len: usize) -> Arc<Self> {
+        Self::new(len, false)
+    }
+
+    fn new(len: usize, zeroed: bool) -> Arc<Self> {
         if len == 0 {
             return Arc::new(Allocation {
                 ptr: NonNull::dangling(),
@@ -43,7 +58,13 @@ impl Allocation {
         }
         let layout = Layout::from_size_align(len, IO_ALIGN).expect("buffer size overflows");
         // SAFETY: the layout has a non-zero size.
-        let ptr = unsafe { alloc::alloc_zeroed(layout) };
+        let ptr = unsafe {
+            if zeroed {
+                alloc::alloc_zeroed(layout)
+            } else {
+                alloc::alloc(layout)
+            }
+        };
         let Some(ptr) = NonNull::new(ptr) else {
             alloc::handle_alloc_error(layout)
         };
@@ -78,6 +99,49 @@ impl IoBufMut {
             start: 0,
             len,
         }
+    }
+
+    /// Reads exactly `len` bytes from `reader` into a new aligned buffer.
+    ///
+    /// Unlike `zeroed` followed by `read_exact`, the memory is not zeroed
+    /// first: the bytes are read straight into the uninitialized allocation
+    /// (a 1 MiB NBD write payload spent a quarter of the server's CPU in
+    /// that memset). No view exists before every byte has been read; on an
+    /// error or end of file the allocation is dropped unseen.
+    pub async fn read_exact_from<R>(reader: &mut R, len: usize) -> io::Result<IoBufMut>
+    where
+        R: AsyncRead + Unpin + ?Sized,
+    {
+        let alloc = Allocation::uninit(len);
+        // SAFETY: the allocation holds `capacity == len` bytes (or is empty
+        // and dangling, which is a valid empty slice); `alloc` is its only
+        // reference, so this slice is the only access to it until it ends.
+        // `MaybeUninit` makes no claim that the bytes are initialized.
+        let space: &mut [MaybeUninit<u8>] =
+            unsafe { std::slice::from_raw_parts_mut(alloc.ptr.as_ptr().cast(), len) };
+        let mut read_buf = ReadBuf::uninit(space);
+        while read_buf.remaining() > 0 {
+            let before = read_buf.filled().len();
+            std::future::poll_fn(|cx| {
+                std::pin::Pin::new(&mut *reader).poll_read(cx, &mut read_buf)
+            })
+            .await?;
+            if read_buf.filled().len() == before {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "end of stream before the whole buffer was read",
+                ));
+            }
+        }
+        // `ReadBuf` only counts a byte as filled once it was written (its
+        // safe API cannot mark uninitialized bytes filled), and the loop
+        // ends only when all `len` bytes are: the view below sees
+        // initialized memory only.
+        Ok(IoBufMut {
+            alloc,
+            start: 0,
+            len,
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -267,6 +331,35 @@ mod tests {
         assert!(tail.is_aligned());
         assert!(tail.iter().all(|&b| b == 7));
         assert!(!buf.slice(1..4097).is_aligned());
+    }
+
+    #[tokio::test]
+    async fn read_exact_from_fills_the_whole_buffer() {
+        let bytes: Vec<u8> = (0..3 * IO_ALIGN + 100).map(|i| (i % 251) as u8).collect();
+        // Small chunks: the read takes many polls.
+        let mut reader = tokio::io::BufReader::with_capacity(1000, &bytes[..]);
+        let buf = IoBufMut::read_exact_from(&mut reader, 3 * IO_ALIGN)
+            .await
+            .expect("read");
+        assert_eq!(buf.as_ref().as_ptr() as usize % IO_ALIGN, 0);
+        assert_eq!(&buf[..], &bytes[..3 * IO_ALIGN]);
+        let rest = IoBufMut::read_exact_from(&mut reader, 100)
+            .await
+            .expect("read");
+        assert_eq!(&rest[..], &bytes[3 * IO_ALIGN..]);
+        let empty = IoBufMut::read_exact_from(&mut reader, 0)
+            .await
+            .expect("empty read");
+        assert!(empty.is_empty());
+    }
+
+    #[tokio::test]
+    async fn read_exact_from_fails_at_end_of_stream() {
+        let bytes = [1u8; 100];
+        let err = IoBufMut::read_exact_from(&mut &bytes[..], IO_ALIGN)
+            .await
+            .expect_err("short stream");
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
     }
 
     #[test]

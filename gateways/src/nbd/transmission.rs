@@ -376,11 +376,10 @@ where
             continue;
         }
         let payload = if request.command == cmd::WRITE {
-            let mut buf = IoBufMut::zeroed(payload_bytes as usize);
-            if let Err(e) = reader.read_exact(&mut buf[..]).await {
-                return End::Io(e);
+            match IoBufMut::read_exact_from(&mut reader, payload_bytes as usize).await {
+                Ok(buf) => Some(buf),
+                Err(e) => return End::Io(e),
             }
-            Some(buf)
         } else {
             None
         };
