@@ -6,6 +6,11 @@
 //!       └────────── oneshot reply ───────┘
 //! ```
 //!
+//! The eventfd is written only when the ring thread said, under the queue
+//! lock, that it is about to wait: a thread that is awake drains the queue
+//! before it waits again, so a write then would only cost a syscall and a
+//! spurious wake-read completion.
+//!
 //! Each request owns its buffer. The ring thread keeps the request (and so
 //! the buffer) until the kernel posts its completion, so a caller that stops
 //! waiting can never free memory the kernel is still writing into. Short
@@ -65,6 +70,10 @@ struct InFlight {
 struct Shared {
     queue: Mutex<VecDeque<Request>>,
     wake: OwnedFd,
+    /// Set by the ring thread, with the queue lock held and the queue
+    /// found empty (or the ring full), just before it waits in the kernel;
+    /// cleared by the first submitter that then writes the eventfd.
+    sleeping: AtomicBool,
     stop: AtomicBool,
     /// Set (under the queue lock) once the ring failed for good: new
     /// requests are refused at once instead of waiting forever.
@@ -103,6 +112,7 @@ impl Ring {
         let shared = Arc::new(Shared {
             queue: Mutex::new(VecDeque::new()),
             wake,
+            sleeping: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             dead: AtomicBool::new(false),
         });
@@ -127,8 +137,14 @@ impl Ring {
             return;
         }
         queue.push_back(request);
+        // Read under the lock: the ring thread sets it under the same lock
+        // after finding the queue empty, so either it sees this request
+        // before it waits, or this sees that it waits.
+        let asleep = self.shared.sleeping.swap(false, Ordering::AcqRel);
         drop(queue);
-        self.shared.wake();
+        if asleep {
+            self.shared.wake();
+        }
     }
 }
 
@@ -179,7 +195,20 @@ impl RingThread {
             {
                 return;
             }
-            match self.ring.submit_and_wait(1) {
+            {
+                // Only this thread changes the room.
+                let room = self.has_room();
+                let queue = self.shared.queue.lock();
+                if room && !queue.is_empty() {
+                    // Requests arrived after take_queued, from submitters
+                    // that saw this thread awake and wrote no eventfd.
+                    continue;
+                }
+                self.shared.sleeping.store(true, Ordering::Release);
+            }
+            let waited = self.ring.submit_and_wait(1);
+            self.shared.sleeping.store(false, Ordering::Release);
+            match waited {
                 Ok(_) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
                 // Completion queue full: reap, then go on.
@@ -216,11 +245,16 @@ impl RingThread {
         }
     }
 
+    /// Whether another request fits (one completion slot stays free for the
+    /// wake read).
+    fn has_room(&mut self) -> bool {
+        self.in_flight + 1 < RING_ENTRIES as usize && !self.ring.submission().is_full()
+    }
+
     /// Moves queued requests into the submission queue while there is room.
     fn take_queued(&mut self) {
         loop {
-            // Keep one completion slot for the wake read.
-            if self.in_flight + 1 >= RING_ENTRIES as usize || self.ring.submission().is_full() {
+            if !self.has_room() {
                 return;
             }
             let Some(request) = self.shared.queue.lock().pop_front() else {
