@@ -126,6 +126,13 @@ impl IoBufMut {
                 std::pin::Pin::new(&mut *reader).poll_read(cx, &mut read_buf)
             })
             .await?;
+            // A reader (in safe code) could replace the ReadBuf with one over
+            // other, 'static memory; then "filled" would say nothing about
+            // this allocation. tokio-util's poll_read_buf checks the same.
+            assert!(
+                std::ptr::eq(read_buf.filled().as_ptr(), alloc.ptr.as_ptr()),
+                "the reader swapped the ReadBuf"
+            );
             if read_buf.filled().len() == before {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
@@ -351,6 +358,30 @@ mod tests {
             .await
             .expect("empty read");
         assert!(empty.is_empty());
+    }
+
+    /// A reader that swaps the caller's `ReadBuf` for one over memory of
+    /// its own, claiming it full.
+    struct Swapper;
+
+    impl AsyncRead for Swapper {
+        fn poll_read(
+            self: std::pin::Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            let other: &'static mut [u8] = Box::leak(vec![0u8; buf.remaining()].into_boxed_slice());
+            let mut swapped = ReadBuf::new(other);
+            swapped.advance(swapped.remaining());
+            *buf = swapped;
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "swapped the ReadBuf")]
+    async fn read_exact_from_refuses_a_swapped_read_buf() {
+        let _ = IoBufMut::read_exact_from(&mut Swapper, IO_ALIGN).await;
     }
 
     #[tokio::test]
