@@ -43,8 +43,8 @@ impl Allocation {
     }
 
     /// An allocation whose bytes are uninitialized: only
-    /// [`IoBufMut::read_exact_from`] uses it, and it hands out no view
-    /// before every byte is written.
+    /// [`IoBufMut::read_exact_from`] and [`IoBuf::concat`] use it, and they
+    /// hand out no view before every byte is written.
     fn uninit(len: usize) -> Arc<Self> {
         Self::new(len, false)
     }
@@ -236,9 +236,34 @@ pub struct IoBuf {
 impl IoBuf {
     /// An aligned copy of `bytes`.
     pub fn copy_from(bytes: &[u8]) -> Self {
-        let mut buf = IoBufMut::zeroed(bytes.len());
-        buf.copy_from_slice(bytes);
-        buf.freeze()
+        IoBuf::concat(&[bytes])
+    }
+
+    /// An aligned copy of `parts`, one after another. The memory is not
+    /// zeroed first: every byte is copied over before anything sees it.
+    pub fn concat(parts: &[&[u8]]) -> Self {
+        let len = parts.iter().map(|part| part.len()).sum();
+        let alloc = Allocation::uninit(len);
+        let mut at = 0;
+        for part in parts {
+            // SAFETY: `at + part.len() <= len`, the allocation's size;
+            // `alloc` is new, so nothing else refers to its bytes, and a
+            // caller's slice cannot overlap them.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    part.as_ptr(),
+                    alloc.ptr.as_ptr().add(at),
+                    part.len(),
+                );
+            }
+            at += part.len();
+        }
+        // Every one of the `len` bytes was written above.
+        IoBuf {
+            alloc,
+            start: 0,
+            len,
+        }
     }
 
     /// A buffer of `len` zero bytes.
@@ -338,6 +363,16 @@ mod tests {
         assert!(tail.is_aligned());
         assert!(tail.iter().all(|&b| b == 7));
         assert!(!buf.slice(1..4097).is_aligned());
+    }
+
+    #[test]
+    fn concat_copies_every_part_in_order() {
+        let parts: [&[u8]; 4] = [b"abc", b"", &[7u8; IO_ALIGN], b"z"];
+        let buf = IoBuf::concat(&parts);
+        assert_eq!(buf.as_ref().as_ptr() as usize % IO_ALIGN, 0);
+        assert_eq!(&buf[..], &parts.concat()[..]);
+        assert!(IoBuf::concat(&[]).is_empty());
+        assert_eq!(&IoBuf::copy_from(b"xyz")[..], b"xyz");
     }
 
     #[tokio::test]

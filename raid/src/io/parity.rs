@@ -534,8 +534,13 @@ impl Parity {
                     let old = column[*shard].as_ref().expect("read");
                     let mut delta = vec![0u8; cols_len];
                     let at = (range.start - cols.start) as usize;
-                    for (i, byte) in bytes.iter().enumerate() {
-                        delta[at + i] = old[at + i] ^ byte;
+                    let span = at..at + bytes.len();
+                    for ((d, o), new) in delta[span.clone()]
+                        .iter_mut()
+                        .zip(&old[span])
+                        .zip(&bytes[..])
+                    {
+                        *d = o ^ new;
                     }
                     let mut outputs: Vec<&mut [u8]> =
                         parity.iter_mut().map(Vec::as_mut_slice).collect();

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use blockvirt::volume::{PvHandle, PvSet};
-use blockvirt::{BlockError, BlockResult, ErrorKind, IoBuf, IoBufMut};
+use blockvirt::{BlockError, BlockResult, ErrorKind, IoBuf};
 use metadata::{PeAddr, PvId};
 
 use super::format::{payload_crc, EntryHeader, Target, BLOCK_BYTES, MAX_WRITES};
@@ -69,14 +69,14 @@ impl JournalEntry {
     /// The entry as written to one journal: `header` (that journal's
     /// generation and sequence), then the payload.
     pub(super) fn encode(&self, header: &EntryHeader) -> IoBuf {
-        let mut buf = IoBufMut::zeroed(self.entry_bytes() as usize);
-        header.encode_into(&mut buf[..BLOCK_BYTES as usize]);
-        let mut at = BLOCK_BYTES as usize;
-        for write in &self.writes {
-            buf[at..at + write.data.len()].copy_from_slice(&write.data);
-            at += write.data.len();
-        }
-        buf.freeze()
+        let mut block = [0u8; BLOCK_BYTES as usize];
+        header.encode_into(&mut block);
+        let parts: Vec<&[u8]> = std::iter::once(&block[..])
+            .chain(self.writes.iter().map(|w| &w.data[..]))
+            .collect();
+        let buf = IoBuf::concat(&parts);
+        debug_assert_eq!(buf.len() as u64, self.entry_bytes());
+        buf
     }
 
     pub(super) fn payload_crc(&self) -> u32 {
