@@ -298,8 +298,16 @@ impl Parity {
                 if unvouched.iter().any(|&s| present[s]) {
                     continue;
                 }
-                // Suspects kept as they are stand only if a rebuilt block
-                // proved, against a real checksum, that the row is sound.
+                let Some(parity) = encode(&shards[..k]) else {
+                    continue;
+                };
+                // Blocks that fail their checksums stand only in a resync
+                // (written before the crash, their checksums not
+                // committed), and only where the row vouches for them: a
+                // rebuilt block proved the row sound against a real
+                // checksum, or more shards than the rebuild needed all
+                // agree. A lost block rebuilt to something its checksum
+                // does not know needs the latter.
                 let kept: Vec<usize> = suspects
                     .iter()
                     .copied()
@@ -308,23 +316,13 @@ impl Parity {
                 let proven = rebuilt
                     .iter()
                     .any(|&s| covered(s) && !unvouched.contains(&s));
-                if !kept.is_empty() && (!adopt || !proven) {
+                let agree = excluded.is_empty()
+                    && survivors.iter().filter(|s| **s).count() > k
+                    && (k..n).all(|s| !survivors[s] || block(s) == Some(&parity[s - k][..]));
+                let vouched = (kept.is_empty() || adopt && (proven || agree))
+                    && (unvouched.is_empty() || adopt && agree);
+                if !vouched {
                     continue;
-                }
-                let Some(parity) = encode(&shards[..k]) else {
-                    continue;
-                };
-                // A lost block rebuilt to something its checksum does not
-                // know stands only in a resync, and only if more shards
-                // than the rebuild needed all agree with it: written before
-                // the crash, its checksum not committed.
-                if !unvouched.is_empty() {
-                    let agree = excluded.is_empty()
-                        && survivors.iter().filter(|s| **s).count() > k
-                        && (k..n).all(|s| !survivors[s] || block(s) == Some(&parity[s - k][..]));
-                    if !adopt || !agree {
-                        continue;
-                    }
                 }
                 let adopted: Vec<usize> = kept.into_iter().chain(unvouched).collect();
                 let mut wrong: Vec<usize> = suspects
