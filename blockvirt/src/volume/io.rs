@@ -39,7 +39,7 @@ impl BlockCheck for SlotCheck<'_> {
 
 impl Inner {
     /// The checks of the extent's blocks, on a checksummed layout.
-    fn check<'a>(&self, slot: &'a Slot) -> Option<SlotCheck<'a>> {
+    pub(super) fn check<'a>(&self, slot: &'a Slot) -> Option<SlotCheck<'a>> {
         self.checksummed.then_some(SlotCheck {
             slot,
             chunk_bytes: self.geometry.chunk_bytes,

@@ -82,10 +82,7 @@ impl ThinVolume {
             return Ok(0);
         }
         let legs = inner.legs(&old);
-        let check = SlotCheck {
-            slot: &slot,
-            chunk_bytes: inner.geometry.chunk_bytes,
-        };
+        let check = inner.check(&slot);
         let mut new = old.clone();
         for &leg in &targets {
             let mut exclude: Vec<PvId> = new.iter().map(|pe| pe.pv).collect();
@@ -105,7 +102,12 @@ impl ThinVolume {
                         )
                     })?;
                 let copied = inner
-                    .copy_leg(&legs, leg, pe, inner.checksummed.then_some(&check))
+                    .copy_leg(
+                        &legs,
+                        leg,
+                        pe,
+                        check.as_ref().map(|c| c as &dyn super::BlockCheck),
+                    )
                     .await;
                 match copied {
                     Ok(()) => break pe,
