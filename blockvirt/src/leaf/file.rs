@@ -1,6 +1,6 @@
 //! `FileDevice`: a PV leaf over a regular file or a block device.
 //!
-//! - I/O goes through io_uring (a ring thread per device) or, as a fallback,
+//! - I/O goes through io_uring (one ring thread for the process) or, as a fallback,
 //!   through `pread`/`pwrite` on tokio's blocking pool.
 //! - `O_DIRECT` is used when the filesystem accepts it (probed at open);
 //!   buffers that are not aligned are bounced through an aligned copy.
@@ -65,7 +65,7 @@ impl Default for FileOptions {
 }
 
 enum Engine {
-    Uring(Ring),
+    Uring(&'static Ring),
     Threads,
 }
 
@@ -115,10 +115,10 @@ impl FileDevice {
         let engine = match options.engine {
             EngineChoice::Threads => Engine::Threads,
             EngineChoice::Uring => Engine::Uring(
-                Ring::start(file.clone(), ring_name(&path))
+                Ring::process_wide()
                     .map_err(|e| BlockError::from_io(format!("{}: io_uring", context()), e))?,
             ),
-            EngineChoice::Auto => match Ring::start(file.clone(), ring_name(&path)) {
+            EngineChoice::Auto => match Ring::process_wide() {
                 Ok(ring) => Engine::Uring(ring),
                 Err(e) => {
                     tracing::warn!(
@@ -216,11 +216,14 @@ impl FileDevice {
         match &self.engine {
             Engine::Uring(ring) => {
                 let (reply, done) = oneshot::channel();
-                ring.submit(Request::Read {
-                    offset: offset_bytes,
-                    buf,
-                    reply,
-                });
+                ring.submit(
+                    self.file.clone(),
+                    Request::Read {
+                        offset: offset_bytes,
+                        buf,
+                        reply,
+                    },
+                );
                 done.await.expect("ring thread answers every request")
             }
             Engine::Threads => {
@@ -245,12 +248,15 @@ impl FileDevice {
         match &self.engine {
             Engine::Uring(ring) => {
                 let (reply, done) = oneshot::channel();
-                ring.submit(Request::Write {
-                    offset: offset_bytes,
-                    buf,
-                    dsync,
-                    reply,
-                });
+                ring.submit(
+                    self.file.clone(),
+                    Request::Write {
+                        offset: offset_bytes,
+                        buf,
+                        dsync,
+                        reply,
+                    },
+                );
                 done.await.expect("ring thread answers every request")
             }
             Engine::Threads => {
@@ -275,12 +281,15 @@ impl FileDevice {
         match &self.engine {
             Engine::Uring(ring) => {
                 let (reply, done) = oneshot::channel();
-                ring.submit(Request::Fallocate {
-                    mode,
-                    offset: offset_bytes,
-                    len: len_bytes,
-                    reply,
-                });
+                ring.submit(
+                    self.file.clone(),
+                    Request::Fallocate {
+                        mode,
+                        offset: offset_bytes,
+                        len: len_bytes,
+                        reply,
+                    },
+                );
                 done.await.expect("ring thread answers every request")
             }
             Engine::Threads => {
@@ -311,7 +320,7 @@ impl FileDevice {
         match &self.engine {
             Engine::Uring(ring) => {
                 let (reply, done) = oneshot::channel();
-                ring.submit(Request::Fdatasync { reply });
+                ring.submit(self.file.clone(), Request::Fdatasync { reply });
                 done.await.expect("ring thread answers every request")
             }
             Engine::Threads => {
@@ -544,14 +553,4 @@ fn seek_status(file: &File, range: ByteRange) -> io::Result<Vec<StatusExtent>> {
         offset = hole;
     }
     Ok(extents)
-}
-
-fn ring_name(path: &Path) -> String {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy())
-        .unwrap_or_default();
-    let mut thread = format!("uring-{name}");
-    thread.truncate(15); // Linux thread names hold 15 bytes.
-    thread
 }

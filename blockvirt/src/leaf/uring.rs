@@ -1,10 +1,16 @@
-//! An io_uring engine: one ring on one dedicated thread per open file.
+//! An io_uring engine: one ring on one dedicated thread, shared by every
+//! open file of the process.
 //!
 //! ```text
 //!  async tasks ──push──▶ queue ──▶ ring thread ──SQE──▶ kernel
 //!       ▲      (eventfd wakes it)        │◀──CQE──────────┘
 //!       └────────── oneshot reply ───────┘
 //! ```
+//!
+//! One ring for all files, rather than one per file, because a redundant
+//! write fans out to several PVs at once: one thread then wakes once for
+//! the whole row and reaps its completions in one batch, where a thread
+//! per PV cost a wake and a reply crossing per member.
 //!
 //! The eventfd is written only when the ring thread said, under the queue
 //! lock, that it is about to wait: a thread that is awake drains the queue
@@ -15,16 +21,15 @@
 //! the buffer) until the kernel posts its completion, so a caller that stops
 //! waiting can never free memory the kernel is still writing into. Short
 //! transfers are resubmitted for the remainder; a zero-byte transfer is an
-//! error. The thread leaves once the owning device is dropped and every
-//! request in flight has completed.
+//! error. Each request holds its file open until it completes. The thread
+//! lives as long as the process.
 
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::sync::{Arc, OnceLock};
 
 use io_uring::{opcode, types, IoUring};
 use parking_lot::Mutex;
@@ -32,7 +37,7 @@ use tokio::sync::oneshot;
 
 use crate::buf::{IoBuf, IoBufMut};
 
-const RING_ENTRIES: u32 = 256;
+const RING_ENTRIES: u32 = 1024;
 const WAKE_TOKEN: u64 = u64::MAX;
 
 pub(crate) type Reply<B> = oneshot::Sender<(io::Result<()>, B)>;
@@ -61,20 +66,26 @@ pub(crate) enum Request {
     },
 }
 
+/// A request and the file it works on.
+struct Queued {
+    file: Arc<File>,
+    request: Request,
+}
+
 struct InFlight {
+    file: Arc<File>,
     request: Request,
     /// Bytes already transferred (reads and writes are resubmitted when short).
     done: usize,
 }
 
 struct Shared {
-    queue: Mutex<VecDeque<Request>>,
+    queue: Mutex<VecDeque<Queued>>,
     wake: OwnedFd,
     /// Set by the ring thread, with the queue lock held and the queue
     /// found empty (or the ring full), just before it waits in the kernel;
     /// cleared by the first submitter that then writes the eventfd.
     sleeping: AtomicBool,
-    stop: AtomicBool,
     /// Set (under the queue lock) once the ring failed for good: new
     /// requests are refused at once instead of waiting forever.
     dead: AtomicBool,
@@ -91,16 +102,22 @@ impl Shared {
     }
 }
 
-/// Handle to a ring thread. Dropping it stops the thread after in-flight
-/// requests complete.
+/// Handle to the ring thread.
 pub(crate) struct Ring {
     shared: Arc<Shared>,
-    thread: Option<JoinHandle<()>>,
 }
 
 impl Ring {
-    /// Starts a ring thread serving `file`.
-    pub(crate) fn start(file: Arc<File>, name: String) -> io::Result<Ring> {
+    /// The process's ring, started on first use. An error (a kernel without
+    /// io_uring, or one that forbids it) is remembered and returned again.
+    pub(crate) fn process_wide() -> io::Result<&'static Ring> {
+        static RING: OnceLock<Result<Ring, (io::ErrorKind, String)>> = OnceLock::new();
+        RING.get_or_init(|| Ring::start().map_err(|e| (e.kind(), e.to_string())))
+            .as_ref()
+            .map_err(|(kind, message)| io::Error::new(*kind, message.clone()))
+    }
+
+    fn start() -> io::Result<Ring> {
         let ring = IoUring::new(RING_ENTRIES)?;
         // SAFETY: eventfd returns a new descriptor or -1.
         let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
@@ -113,20 +130,17 @@ impl Ring {
             queue: Mutex::new(VecDeque::new()),
             wake,
             sleeping: AtomicBool::new(false),
-            stop: AtomicBool::new(false),
             dead: AtomicBool::new(false),
         });
         let thread_shared = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name(name)
-            .spawn(move || RingThread::new(ring, file, thread_shared).run())?;
-        Ok(Ring {
-            shared,
-            thread: Some(thread),
-        })
+        std::thread::Builder::new()
+            .name("uring".into())
+            .spawn(move || RingThread::new(ring, thread_shared).run())?;
+        Ok(Ring { shared })
     }
 
-    pub(crate) fn submit(&self, request: Request) {
+    /// Queues `request` on `file`; the reply comes through its oneshot.
+    pub(crate) fn submit(&self, file: Arc<File>, request: Request) {
         let mut queue = self.shared.queue.lock();
         if self.shared.dead.load(Ordering::Acquire) {
             drop(queue);
@@ -136,7 +150,7 @@ impl Ring {
             );
             return;
         }
-        queue.push_back(request);
+        queue.push_back(Queued { file, request });
         // Read under the lock: the ring thread sets it under the same lock
         // after finding the queue empty, so either it sees this request
         // before it waits, or this sees that it waits.
@@ -148,19 +162,8 @@ impl Ring {
     }
 }
 
-impl Drop for Ring {
-    fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::Release);
-        self.shared.wake();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
 struct RingThread {
     ring: IoUring,
-    file: Arc<File>,
     shared: Arc<Shared>,
     slots: Vec<Option<InFlight>>,
     free_slots: Vec<usize>,
@@ -170,10 +173,9 @@ struct RingThread {
 }
 
 impl RingThread {
-    fn new(ring: IoUring, file: Arc<File>, shared: Arc<Shared>) -> Self {
+    fn new(ring: IoUring, shared: Arc<Shared>) -> Self {
         RingThread {
             ring,
-            file,
             shared,
             slots: Vec::new(),
             free_slots: Vec::new(),
@@ -189,12 +191,6 @@ impl RingThread {
                 self.arm_wake();
             }
             self.take_queued();
-            if self.shared.stop.load(Ordering::Acquire)
-                && self.in_flight == 0
-                && self.shared.queue.lock().is_empty()
-            {
-                return;
-            }
             {
                 // Only this thread changes the room.
                 let room = self.has_room();
@@ -227,10 +223,6 @@ impl RingThread {
         }
     }
 
-    fn fd(&self) -> RawFd {
-        self.file.as_raw_fd()
-    }
-
     fn arm_wake(&mut self) {
         let entry = opcode::Read::new(
             types::Fd(self.shared.wake.as_raw_fd()),
@@ -257,7 +249,7 @@ impl RingThread {
             if !self.has_room() {
                 return;
             }
-            let Some(request) = self.shared.queue.lock().pop_front() else {
+            let Some(Queued { file, request }) = self.shared.queue.lock().pop_front() else {
                 return;
             };
             let slot = match self.free_slots.pop() {
@@ -267,7 +259,11 @@ impl RingThread {
                     self.slots.len() - 1
                 }
             };
-            self.slots[slot] = Some(InFlight { request, done: 0 });
+            self.slots[slot] = Some(InFlight {
+                file,
+                request,
+                done: 0,
+            });
             self.in_flight += 1;
             self.push_entry(slot);
         }
@@ -275,8 +271,8 @@ impl RingThread {
 
     /// Pushes the SQE for the (remaining part of the) request in `slot`.
     fn push_entry(&mut self, slot: usize) {
-        let fd = types::Fd(self.fd());
         let in_flight = self.slots[slot].as_mut().expect("slot holds a request");
+        let fd = types::Fd(in_flight.file.as_raw_fd());
         let done = in_flight.done;
         let entry = match &mut in_flight.request {
             Request::Read { offset, buf, .. } => {
@@ -307,8 +303,9 @@ impl RingThread {
                 .build(),
         };
         let entry = entry.user_data(slot as u64);
-        // SAFETY: the buffer the entry points at is owned by the request in
-        // `slots`, which stays there until its completion is reaped. Room
+        // SAFETY: the buffer the entry points at, and the file, are owned by
+        // the request in `slots`, which stays there until its completion is
+        // reaped. Room
         // was checked by the caller (take_queued) or freed by the completion
         // being resubmitted (reap).
         unsafe { self.ring.submission().push(&entry) }.expect("submission queue has room");
@@ -363,12 +360,12 @@ impl RingThread {
     /// kernel can never write into memory that was freed.
     fn die(&mut self, err: io::Error) {
         let failure = || io::Error::new(err.kind(), err.to_string());
-        let queued: Vec<Request> = {
+        let queued: Vec<Queued> = {
             let mut queue = self.shared.queue.lock();
             self.shared.dead.store(true, Ordering::Release);
             queue.drain(..).collect()
         };
-        for request in queued {
+        for Queued { request, .. } in queued {
             reply(request, Err(failure()));
         }
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -378,6 +375,7 @@ impl RingThread {
         }
         for slot in self.slots.iter_mut() {
             if let Some(in_flight) = slot.take() {
+                std::mem::forget(in_flight.file);
                 let request = match in_flight.request {
                     Request::Read { offset, buf, reply } => {
                         let len = buf.len();
