@@ -43,7 +43,9 @@ fn a_journal_write_error_is_returned_and_fails_the_pv() {
 
 #[test]
 fn a_journal_flush_error_is_returned() {
-    let world = world(2);
+    // Entries go out with FUA where the disk has it; this one has not, so
+    // every entry waits for a flush.
+    let world = World::with_fua(3, 2, DISK_BYTES, REGION_BYTES, SimFaults::default(), false);
     runtime().block_on(async {
         let set = world.open(world.pv_set()).await;
         set.recover().await.expect("recover");

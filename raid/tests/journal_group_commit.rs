@@ -1,6 +1,7 @@
-//! Group commit: concurrent `log` calls on one journal share flushes of
-//! the journal device, and each still returns only once its entry is
-//! durable. Flushes are counted by a wrapper around the journal device.
+//! Group commit: on a journal device without FUA, concurrent `log` calls
+//! share flushes of the device, and each still returns only once its entry
+//! is durable. With FUA, entries need no flush at all. Flushes are counted
+//! by a wrapper around the journal device.
 
 mod common;
 
@@ -36,11 +37,11 @@ fn counted(world: &World, pvs: &[u64]) -> (PvSet, Vec<Arc<Counting>>) {
     (set, counters)
 }
 
-/// Logs `entries` entries on `journal_pvs`, `concurrency` at a time, and
-/// returns the flushes each journal device saw, after a crash proving every
-/// returned entry durable.
-fn run(seed: u64, journal_pvs: &[u64], entries: u64, concurrency: usize) -> Vec<u64> {
-    let world = World::new(seed, 3, DISK_BYTES, REGION_BYTES, with_latency(2));
+/// Logs `entries` entries on `journal_pvs`, `concurrency` at a time, on
+/// disks with or without FUA, and returns the flushes each journal device
+/// saw, after a crash proving every returned entry durable.
+fn run(seed: u64, journal_pvs: &[u64], entries: u64, concurrency: usize, fua: bool) -> Vec<u64> {
+    let world = World::with_fua(seed, 3, DISK_BYTES, REGION_BYTES, with_latency(2), fua);
     let (pvs, counters) = counted(&world, journal_pvs);
     let flushes = runtime().block_on(async {
         let set = world.open(pvs).await;
@@ -76,7 +77,7 @@ fn run(seed: u64, journal_pvs: &[u64], entries: u64, concurrency: usize) -> Vec<
 
 #[test]
 fn concurrent_logs_share_flushes() {
-    let flushes = run(1, &[1], 64, 64)[0];
+    let flushes = run(1, &[1], 64, 64, false)[0];
     eprintln!("64 concurrent logs: {flushes} flushes of the journal device");
     assert!(
         flushes * 8 <= 64,
@@ -88,12 +89,17 @@ fn concurrent_logs_share_flushes() {
 #[test]
 fn sequential_logs_flush_once_each() {
     // The baseline that shows the counter counts what it should.
-    assert_eq!(run(2, &[1], 16, 1), vec![16]);
+    assert_eq!(run(2, &[1], 16, 1, false), vec![16]);
+}
+
+#[test]
+fn with_fua_entries_are_durable_without_flushes() {
+    assert_eq!(run(4, &[1, 2], 16, 16, true), vec![0, 0]);
 }
 
 #[test]
 fn each_copy_groups_its_flushes() {
-    let flushes = run(3, &[1, 2], 64, 64);
+    let flushes = run(3, &[1, 2], 64, 64, false);
     eprintln!("64 concurrent logs on two journals: {flushes:?} flushes");
     for f in flushes {
         assert!(f * 8 <= 64, "{f} flushes for 64 concurrent entries");

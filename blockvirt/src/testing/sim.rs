@@ -110,6 +110,13 @@ impl SimDisk {
         }
     }
 
+    /// The same disk without FUA writes: durability only through `flush`,
+    /// as on a disk (or stack) that cannot force a single write out.
+    pub fn without_fua(mut self) -> SimDisk {
+        self.info.caps.remove(Caps::FUA);
+        self
+    }
+
     pub fn seed(&self) -> u64 {
         self.seed
     }

@@ -357,7 +357,13 @@ impl JournalSet {
             payload_crc: entry.payload_crc(),
             targets: entry.targets(),
         };
-        let reserved = self.reserve(&journals, entry, &target_pvs).await?;
+        let reserved = match self.reserve(&journals, entry, &target_pvs).await {
+            Ok(reserved) => reserved,
+            Err(e) => {
+                self.fail_poisoned(&journals);
+                return Err(e);
+            }
+        };
 
         // From the reservation until every append task is spawned nothing
         // awaits: a reserved slot is always written.
@@ -381,17 +387,10 @@ impl JournalSet {
         }
         let mut tickets = Vec::with_capacity(appends.len());
         let mut failure = None;
-        for (journal, append) in journals.iter().zip(appends) {
+        for append in appends {
             match append.await {
                 Ok(Ok(ticket)) => tickets.push(ticket),
-                Ok(Err(e)) => {
-                    // A journal that cannot take an entry is its PV failing:
-                    // marked failed, so the caller's retry leaves it out.
-                    if e.kind() == ErrorKind::Io {
-                        self.inner.pvs.fail(journal.pv, &e.to_string());
-                    }
-                    failure = failure.or(Some(e))
-                }
+                Ok(Err(e)) => failure = failure.or(Some(e)),
                 Err(join) => {
                     failure = failure.or(Some(BlockError::with_source(
                         ErrorKind::Internal,
@@ -404,8 +403,24 @@ impl JournalSet {
         match failure {
             // The tickets of the journals that succeeded are dropped, which
             // completes them: their entries are retired by a checkpoint.
-            Some(e) => Err(e),
+            Some(e) => {
+                self.fail_poisoned(&journals);
+                Err(e)
+            }
             None => Ok(Tickets { tickets }),
+        }
+    }
+
+    /// A journal that failed an I/O is its PV failing: marked failed here,
+    /// so the caller's retry leaves it out. Every log that meets the
+    /// journal failed does it, not only the one whose I/O failed: another
+    /// may see the journal poisoned first.
+    fn fail_poisoned(&self, journals: &[Arc<PvJournal>]) {
+        for journal in journals {
+            let failure = journal.lock().failure().map(str::to_string);
+            if let Some(why) = failure {
+                self.inner.pvs.fail(journal.pv, &why);
+            }
         }
     }
 

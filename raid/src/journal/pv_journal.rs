@@ -6,14 +6,25 @@
 //!  slots:   [retirable prefix][logged, in-place writes running][written, not flushed][being written]
 //! ```
 //!
-//! An append is a plain write of the whole entry into its ring slot. Its
-//! caller then waits until a flush of the journal device that started
-//! after the write completed has finished, and until every older entry is
-//! durable too (`durable_end` only ever covers a prefix). The prefix rule
-//! is what recovery needs: it stops at the first invalid entry, so an entry
-//! is durable only once all those before it are. One flush runs at a time;
-//! callers that finish writing during it wait for the next, which then
-//! covers all of them: that is the group commit.
+//! An append writes the whole entry into its ring slot, with FUA when the
+//! device offers it: the entry is then durable once its write completes.
+//! (A file PV turns FUA into `RWF_DSYNC`; on a disk without FUA the kernel
+//! follows the write with a cache flush of its own. That is one request
+//! and no extra round trip through this process, where a separate flush
+//! costs a second request, a blocking `fdatasync` on an io_uring worker and
+//! two thread wakes. Measured on the reference disk, 4k writes at QD32:
+//! 67.5k IOPS with `RWF_DSYNC` against 40.3k with an `fdatasync` after
+//! every other write.)
+//!
+//! On a device without FUA the append is a plain write, and its caller
+//! waits until a flush of the journal device that started after the write
+//! completed has finished. One flush runs at a time; callers that finish
+//! writing during it wait for the next, which then covers all of them:
+//! that is the group commit.
+//!
+//! Either way an entry counts as durable only once every older entry is
+//! too (`durable_end` only ever covers a prefix). The prefix rule is what
+//! recovery needs: it stops at the first invalid entry.
 //!
 //! Crash-ordering rule: `log` returns only when the entry (and every entry
 //! before it) is durable on the journal device.
@@ -22,7 +33,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use blockvirt::{BlockDevice, BlockError, BlockResult, ByteRange, ErrorKind, IoBuf, WriteFlags};
+use blockvirt::{
+    BlockDevice, BlockError, BlockResult, ByteRange, Caps, ErrorKind, IoBuf, WriteFlags,
+};
 use metadata::PvId;
 use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::watch;
@@ -187,16 +200,13 @@ impl PvJournal {
         buf: IoBuf,
     ) -> BlockResult<Ticket> {
         let at = self.ring_device_offset(offset_bytes);
-        if let Err(e) = write_all(
-            &self.device,
-            self.pv,
-            "journal append",
-            at,
-            buf,
-            WriteFlags::empty(),
-        )
-        .await
-        {
+        let fua = self.device.info().caps.contains(Caps::FUA);
+        let flags = if fua {
+            WriteFlags::FUA
+        } else {
+            WriteFlags::empty()
+        };
+        if let Err(e) = write_all(&self.device, self.pv, "journal append", at, buf, flags).await {
             self.poison(&e);
             return Err(e);
         }
@@ -205,6 +215,10 @@ impl PvJournal {
             state.slot_mut(seq).written = true;
             while state.written_end < state.next_seq && state.slot(state.written_end).written {
                 state.written_end += 1;
+            }
+            if fua {
+                // Every entry below `written_end` was written with FUA too.
+                state.durable_end = state.durable_end.max(state.written_end);
             }
         }
         self.bump();
@@ -277,6 +291,11 @@ impl PvJournal {
 }
 
 impl State {
+    /// Why the journal failed, once it has.
+    pub fn failure(&self) -> Option<&str> {
+        self.poisoned.as_deref()
+    }
+
     /// Refuses work on a journal that failed or is not recovered yet.
     pub fn usable(&self, pv: PvId) -> BlockResult<()> {
         if let Some(why) = &self.poisoned {

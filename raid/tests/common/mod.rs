@@ -47,16 +47,30 @@ impl World {
         region_bytes: u64,
         faults: SimFaults,
     ) -> World {
+        World::with_fua(seed, count, disk_bytes, region_bytes, faults, true)
+    }
+
+    /// As `new`, on disks that offer FUA writes or not (without, every
+    /// journal entry waits for a flush of its device).
+    pub fn with_fua(
+        seed: u64,
+        count: u64,
+        disk_bytes: u64,
+        region_bytes: u64,
+        faults: SimFaults,
+        fua: bool,
+    ) -> World {
         let pvs = (1..=count)
             .map(|id| {
                 let region = ByteRange::new(64 << 10, region_bytes);
+                let disk = SimDisk::with_faults(
+                    disk_bytes,
+                    seed.wrapping_mul(1000).wrapping_add(id),
+                    faults,
+                );
                 SimPv {
                     id,
-                    disk: Arc::new(SimDisk::with_faults(
-                        disk_bytes,
-                        seed.wrapping_mul(1000).wrapping_add(id),
-                        faults,
-                    )),
+                    disk: Arc::new(if fua { disk } else { disk.without_fua() }),
                     region,
                     data_offset_bytes: region.offset_bytes + region.len_bytes,
                 }
