@@ -146,7 +146,7 @@ impl Ring {
             drop(queue);
             reply(
                 request,
-                Err(io::Error::other("the io_uring of this device failed")),
+                Err(io::Error::other("the io_uring of this process failed")),
             );
             return;
         }
