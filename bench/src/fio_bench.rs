@@ -6,12 +6,16 @@
 //! 2. Fail one PV under each "1 PV failed" row.
 //! 3. Rounds: each workload runs on every target in turn, starting one
 //!    target later each round, so drift in the machine hits all alike.
-//! 4. Report the medians, the ratios to the peers, and what each server
-//!    spent (peak RSS, CPU seconds per GiB moved), in markdown and JSON.
+//!    After each workload's targets, the disk alone runs it too (`disk`):
+//!    on one plain file, and on two at once, a mirror's ceiling.
+//! 4. Report the medians, the ratios to the peers, what each server spent
+//!    (peak RSS, CPU seconds per GiB moved), and the disk's figures, in
+//!    markdown and JSON.
 
 use anyhow::Result;
 use serde_json::json;
 
+use crate::disk::{DiskFiles, FILE_COUNTS};
 use crate::fio::{self, Job, PREWRITE, WORKLOADS};
 use crate::options::FioOptions;
 use crate::process::check_interrupted;
@@ -56,16 +60,28 @@ pub fn run(options: &FioOptions) -> Result<()> {
         }
     }
     lab.fail_pvs();
+    eprintln!(
+        "writing {} MiB to each of the disk's plain files",
+        options.size_mib
+    );
+    let disk_files = DiskFiles::create(&scratch, options.size_mib)?;
+    // disk[w][c][round]: workload w on FILE_COUNTS[c] files at once.
+    let mut disk: Vec<Vec<Vec<f64>>> = WORKLOADS
+        .iter()
+        .map(|_| FILE_COUNTS.iter().map(|_| Vec::new()).collect())
+        .collect();
 
     let live = lab
         .targets
         .iter()
         .filter(|t| t.unavailable.is_none())
         .count();
-    let seconds = live as u64 * WORKLOADS.len() as u64 * (options.runtime_s + options.ramp_s + 1);
+    let runs_per_round = (live + FILE_COUNTS.len()) as u64 * WORKLOADS.len() as u64;
+    let seconds = runs_per_round * (options.runtime_s + options.ramp_s + 1);
     eprintln!(
-        "{} rounds of {live} targets x {} workloads: about {} min",
+        "{} rounds of {live} targets and {} disk runs x {} workloads: about {} min",
         options.rounds,
+        FILE_COUNTS.len(),
         WORKLOADS.len(),
         (seconds * options.rounds as u64).div_ceil(60)
     );
@@ -103,6 +119,19 @@ pub fn run(options: &FioOptions) -> Result<()> {
                     }
                 }
             }
+            for (c, &files) in FILE_COUNTS.iter().enumerate() {
+                let figure =
+                    disk_files.measure(workload, files, options.runtime_s, options.ramp_s)?;
+                eprintln!(
+                    "round {}: {:<18} {:<32} {:>9.0} {}",
+                    round + 1,
+                    workload.label,
+                    format!("the disk alone, {files} file(s)"),
+                    figure,
+                    workload.unit.label()
+                );
+                disk[w][c].push(figure);
+            }
         }
     }
 
@@ -137,6 +166,7 @@ pub fn run(options: &FioOptions) -> Result<()> {
     let report = Report {
         targets: &lab.targets,
         runs: &runs,
+        disk: &disk,
         context,
     };
     let title = format!(

@@ -4,7 +4,8 @@
 //! - `convert` (`convert.rs`): `qemu-img convert` of a raw image;
 //! - `fio` (`fio_bench.rs`): fio's nbd engine, 4k random and 1M sequential
 //!   reads and writes, against nbdkit, qemu-nbd and Blockvirt LVs of every
-//!   layout, healthy and with a PV failed;
+//!   layout, healthy and with a PV failed; and the disk alone under the
+//!   same workloads (`disk.rs`), which sets each pattern's ceiling;
 //! - `rebuild` (`rebuild.rs`): each redundant layout healthy, with a PV
 //!   failed and while `lvconvert --repair` rebuilds it, and the rebuild's
 //!   rate against the disk's sequential bandwidth.
@@ -13,6 +14,7 @@
 //! removed, when it ends: on success, on error and on Ctrl-C.
 
 mod convert;
+mod disk;
 mod fio;
 mod fio_bench;
 mod options;

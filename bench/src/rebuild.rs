@@ -25,6 +25,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use tests::Server;
 
+use crate::disk::DiskFiles;
 use crate::fio::{self, Job, Workload, PREWRITE, WORKLOADS};
 use crate::options::RebuildOptions;
 use crate::process;
@@ -64,7 +65,14 @@ impl Repair {
 pub fn run(options: &RebuildOptions) -> Result<()> {
     let fio_version = fio::check_installed()?;
     let server = Server::start_with(&[]);
-    let (disk_write, disk_read) = disk_bandwidth(&server, options.size_mib)?;
+    let (disk_write, disk_read) = {
+        let disk = DiskFiles::create(server.dir.path(), options.size_mib)?;
+        let runtime = options.runtime_s;
+        (
+            disk.measure(&WORKLOADS[3], 1, runtime, 1)?,
+            disk.measure(&WORKLOADS[2], 1, runtime, 1)?,
+        )
+    };
     let mut rows = Vec::new();
     for name in &options.layouts {
         let spec = layout(name).context("layout checked by the options")?;
@@ -294,35 +302,6 @@ fn average_iops(log: &[(f64, f64)], from: f64, to: f64) -> Option<f64> {
         .map(|(_, iops)| *iops)
         .collect();
     (!inside.is_empty()).then(|| inside.iter().sum::<f64>() / inside.len() as f64)
-}
-
-/// fio's 1M sequential write, then read, QD8 with O_DIRECT on a plain file
-/// beside the PVs, in MiB/s.
-fn disk_bandwidth(server: &Server, size_mib: u64) -> Result<(f64, f64)> {
-    let file = server.path("disk-bandwidth.img");
-    let mut figures = Vec::new();
-    for rw in ["write", "read"] {
-        let finished = process::run_ok(
-            Command::new("fio").args([
-                "--name=disk".to_string(),
-                format!("--filename={}", file.display()),
-                format!("--rw={rw}"),
-                "--bs=1M".into(),
-                "--iodepth=8".into(),
-                "--ioengine=io_uring".into(),
-                "--direct=1".into(),
-                format!("--size={}m", size_mib),
-                "--end_fsync=1".into(),
-                "--output-format=json".into(),
-            ]),
-            Duration::from_secs(600),
-        )?;
-        let report: Value = serde_json::from_str(&finished.stdout).context("fio's JSON")?;
-        let bw = report["jobs"][0][rw]["bw_bytes"].as_f64().unwrap_or(0.0);
-        figures.push(bw / MIB as f64);
-    }
-    std::fs::remove_file(&file)?;
-    Ok((figures[0], figures[1]))
 }
 
 fn bv(server: &Server, args: &[&str]) -> Result<()> {

@@ -3,6 +3,7 @@
 
 use serde_json::{json, Value};
 
+use crate::disk::FILE_COUNTS;
 use crate::fio::{Measured, Workload, WORKLOADS};
 use crate::targets::{ServerKind, Target};
 
@@ -65,6 +66,9 @@ fn peak_rss_mib(target: &Target, runs: &Runs) -> Option<f64> {
 pub struct Report<'a> {
     pub targets: &'a [Target],
     pub runs: &'a [Runs],
+    /// `disk[w][c]`: the disk alone running workload `w` on `FILE_COUNTS[c]`
+    /// plain files at once, one figure per round.
+    pub disk: &'a [Vec<Vec<f64>>],
     /// Settings, versions, command lines: written to the JSON as they are.
     pub context: Value,
 }
@@ -78,6 +82,36 @@ impl Report<'_> {
 
     fn ratio(&self, i: usize, kind: ServerKind, w: usize) -> Option<f64> {
         Some(figure(&self.targets[i], &self.runs[i], w)? / self.peer(kind, w)?)
+    }
+
+    /// The disk's median figure for workload `w` on `files` files at once.
+    fn disk_figure(&self, w: usize, files: usize) -> Option<f64> {
+        let c = FILE_COUNTS.iter().position(|&n| n == files)?;
+        median(&self.disk[w][c])
+    }
+
+    /// What the disk alone does for row `i`'s pattern under workload `w`,
+    /// per client request: reads take one copy, writes every copy.
+    fn disk_rate(&self, i: usize, w: usize) -> Option<f64> {
+        let copies = self.targets[i].copies?;
+        let files = if WORKLOADS[w].rw.contains("write") {
+            copies
+        } else {
+            1
+        };
+        Some(self.disk_figure(w, files)? / files as f64)
+    }
+
+    fn share_of_disk(&self, i: usize, w: usize) -> Option<f64> {
+        Some(figure(&self.targets[i], &self.runs[i], w)? / self.disk_rate(i, w)?)
+    }
+
+    /// A 2-copy write's ceiling against a 1-copy write on this disk.
+    fn mirror_ceiling(&self, w: usize) -> Option<f64> {
+        if !WORKLOADS[w].rw.contains("write") {
+            return None;
+        }
+        Some(self.disk_figure(w, 2)? / 2.0 / self.disk_figure(w, 1)?)
     }
 
     pub fn markdown(&self, title: &str) -> String {
@@ -130,6 +164,26 @@ impl Report<'_> {
             out += &row(&target.name, cells.into_iter());
         }
 
+        out += "\nThe disk alone: fio's io_uring engine, O_DIRECT, on plain files beside the PVs, each file at the workload's queue depth (median)\n\n";
+        out += &heading("files at once", &labels);
+        for files in FILE_COUNTS {
+            let cells = (0..WORKLOADS.len()).map(|w| cell(self.disk_figure(w, files), 0));
+            let name = match files {
+                1 => "1 file".to_string(),
+                n => format!("{n} files, summed"),
+            };
+            out += &row(&name, cells);
+        }
+        let cells = (0..WORKLOADS.len()).map(|w| cell(self.mirror_ceiling(w), 2));
+        out += &row("ceiling of a 2-copy write over a 1-copy write", cells);
+
+        out += "\nShare of the disk's own rate for the same pattern (a read takes one file; a write as many files as copies, summed, per copy; n/a where no plain-file pattern matches: parity layouts, a degraded raid10)\n\n";
+        out += &heading("target", &names);
+        for (i, target) in self.targets.iter().enumerate() {
+            let cells = (0..WORKLOADS.len()).map(|w| cell(self.share_of_disk(i, w), 2));
+            out += &row(&target.name, cells);
+        }
+
         let missing: Vec<&Target> = self
             .targets
             .iter()
@@ -173,8 +227,32 @@ impl Report<'_> {
                 })
             })
             .collect();
+        let disk: serde_json::Map<String, Value> = WORKLOADS
+            .iter()
+            .enumerate()
+            .map(|(w, workload)| {
+                let by_files: Vec<Value> = FILE_COUNTS
+                    .iter()
+                    .enumerate()
+                    .map(|(c, &files)| {
+                        json!({
+                            "files": files,
+                            "rounds": self.disk[w][c],
+                            "median": self.disk_figure(w, files),
+                        })
+                    })
+                    .collect();
+                let entry = json!({
+                    "unit": workload.unit.label(),
+                    "by_files": by_files,
+                    "mirror_write_ceiling": self.mirror_ceiling(w),
+                });
+                (workload.name.to_string(), entry)
+            })
+            .collect();
         let mut report = self.context.clone();
         report["targets"] = Value::Array(targets);
+        report["disk"] = Value::Object(disk);
         report
     }
 
@@ -187,6 +265,7 @@ impl Report<'_> {
             "median_cpu_s_per_gib": cpu_per_gib(target, runs, w),
             "vs_nbdkit": self.ratio(i, ServerKind::Nbdkit, w),
             "vs_qemu_nbd": self.ratio(i, ServerKind::QemuNbd, w),
+            "share_of_disk": self.share_of_disk(i, w),
         })
     }
 }
@@ -223,5 +302,73 @@ mod tests {
         assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
         assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
         assert_eq!(median(&[]), None);
+    }
+
+    fn target(name: &str, copies: Option<usize>) -> Target {
+        Target {
+            name: name.to_string(),
+            kind: ServerKind::Blockvirt,
+            uri: String::new(),
+            pid: 0,
+            setup: Vec::new(),
+            fail_pv: None,
+            unavailable: None,
+            copies,
+        }
+    }
+
+    /// One round per workload, every figure `value`.
+    fn runs(value: f64) -> Runs {
+        let measured = || Measured {
+            bytes: 1 << 30,
+            iops: value,
+            mib_per_s: value,
+            server_cpu_s: 1.0,
+            server_peak_rss_bytes: 0,
+        };
+        Runs {
+            prewrite: None,
+            by_workload: WORKLOADS.iter().map(|_| vec![measured()]).collect(),
+        }
+    }
+
+    #[test]
+    fn shares_of_the_disk_count_every_copy_a_write_makes() {
+        let targets = [
+            target("linear", Some(1)),
+            target("raid1", Some(2)),
+            target("raid5", None),
+        ];
+        let runs = [runs(50.0), runs(40.0), runs(30.0)];
+        // Every workload: 100 on one file, 160 summed over two.
+        let disk: Vec<Vec<Vec<f64>>> = WORKLOADS
+            .iter()
+            .map(|_| vec![vec![100.0], vec![160.0]])
+            .collect();
+        let report = Report {
+            targets: &targets,
+            runs: &runs,
+            disk: &disk,
+            context: json!({}),
+        };
+        let randread = 0;
+        let randwrite = 1;
+        assert_eq!(report.mirror_ceiling(randwrite), Some(0.8));
+        assert_eq!(report.mirror_ceiling(randread), None);
+        assert_eq!(report.share_of_disk(0, randwrite), Some(0.5));
+        // raid1 writes two copies: the disk's 160 over two files is 80 per write.
+        assert_eq!(report.share_of_disk(1, randwrite), Some(0.5));
+        // and reads one: the one file's 100.
+        assert_eq!(report.share_of_disk(1, randread), Some(0.4));
+        assert_eq!(report.share_of_disk(2, randwrite), None);
+        let json = report.json();
+        assert_eq!(json["disk"]["randwrite-4k"]["mirror_write_ceiling"], 0.8);
+        assert_eq!(
+            json["targets"][1]["results"]["randwrite-4k"]["share_of_disk"],
+            0.5
+        );
+        assert!(report
+            .markdown("t")
+            .contains("| 2 files, summed | 160 | 160 | 160 | 160 |"));
     }
 }

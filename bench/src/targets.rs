@@ -97,6 +97,11 @@ pub struct Target {
     pub fail_pv: Option<PathBuf>,
     /// Why the row has no figures.
     pub unavailable: Option<String>,
+    /// Copies a write puts on the disk, where plain files can do the same
+    /// (`disk`): 1 for a single copy, 2 for a healthy 2-way mirror; `None`
+    /// for parity layouts (reads, journal and writes in turn) and for a
+    /// degraded raid10 (some writes one copy, some two).
+    pub copies: Option<usize>,
 }
 
 /// Everything the benchmark runs. Fields drop in order: the peers, then
@@ -188,6 +193,11 @@ impl Lab {
             setup: vec![format!("bv {}", args.join(" "))],
             fail_pv: None,
             unavailable: None,
+            copies: match (spec.legs, spec.data_legs, vg == "bench") {
+                (1, 1, _) | (2, 1, false) => Some(1),
+                (legs, data, true) if legs == 2 * data => Some(2),
+                _ => None,
+            },
         };
         target.unavailable = self.bv(&args).err().or_else(|| probe(&target.uri).err());
         target
@@ -202,6 +212,7 @@ impl Lab {
             setup: Vec::new(),
             fail_pv: None,
             unavailable: Some(reason.to_string()),
+            copies: None,
         }
     }
 
@@ -248,6 +259,7 @@ fn peer_target(peer: &Peer, kind: ServerKind) -> Target {
         setup: Vec::new(),
         fail_pv: None,
         unavailable: None,
+        copies: Some(1),
     }
 }
 
