@@ -287,9 +287,12 @@ fn probe(uri: &str) -> Result<(), String> {
 
 /// Refuses to start when the pre-written data would not fit.
 fn check_free_space(server: &Server, size_bytes: u64, layouts: &[&LayoutSpec]) -> Result<()> {
-    // Two peer files; each LV's bytes times its legs over its data legs,
-    // twice for redundant layouts (healthy and failed rows).
+    // Two peer files and the disk's plain files; each LV's bytes times its
+    // legs over its data legs, twice for redundant layouts (healthy and
+    // failed rows).
+    let disk_files = crate::disk::FILE_COUNTS.into_iter().max().unwrap_or(1) as f64;
     let per_byte: f64 = 2.0
+        + disk_files
         + layouts
             .iter()
             .map(|l| {
