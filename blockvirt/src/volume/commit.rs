@@ -109,13 +109,40 @@ impl Inner {
             drop(guard);
             snapshotted.push((slot, bits.changes));
         }
+        // A write that held an extent alone may have finished while the
+        // loop above waited for it: its chunk bits are in the snapshot, and
+        // its checksums, recorded before those bits, must be committed with
+        // them. So the checksums are taken again once every bit is read,
+        // with the PVs holding their data flushed below.
+        let mut checksum_chunks = checksum_chunks;
+        {
+            let mut dirty = self.dirty.lock();
+            let late = std::mem::take(&mut dirty.checksum_chunks);
+            for (le, chunk) in late {
+                let in_snapshot = batch.extents.iter().any(|change| {
+                    change.le == le
+                        && change
+                            .entry
+                            .as_ref()
+                            .is_some_and(|entry| entry.written & (1 << chunk) != 0)
+                });
+                if in_snapshot {
+                    checksum_chunks.insert((le, chunk));
+                } else {
+                    dirty.checksum_chunks.insert((le, chunk));
+                }
+            }
+        }
         for (le, chunk) in checksum_chunks {
             let slot = self.slot(le);
             let guard = slot.placement.read().await;
-            if guard.is_some() && !slot.checksums.lock().is_empty() {
-                batch
-                    .checksums
-                    .push(chunk_checksums(&slot, le, chunk, &self.geometry));
+            if let Some(placement) = guard.as_ref() {
+                if !slot.checksums.lock().is_empty() {
+                    pvs.extend(placement.iter().map(|pe| pe.pv));
+                    batch
+                        .checksums
+                        .push(chunk_checksums(&slot, le, chunk, &self.geometry));
+                }
             }
         }
         self.flush_pvs(&pvs).await?;
