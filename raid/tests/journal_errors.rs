@@ -156,3 +156,32 @@ fn the_journals_of_failed_pvs_are_not_opened() {
         assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
     });
 }
+
+#[test]
+fn a_barrier_fails_the_pv_whose_journal_header_cannot_be_written_and_holds_for_the_rest() {
+    let world = world(3);
+    runtime().block_on(async {
+        let pvs = world.pv_set();
+        let set = world.open(pvs.clone()).await;
+        set.recover().await.expect("recover");
+        let on_1 = entry(0, vec![world.write(3, 0, 1, 1)]);
+        let on_2 = entry(1, vec![world.write(3, 1, 1, 2)]);
+        for (pv, e) in [(1, &on_1), (2, &on_2)] {
+            let tickets = set.log(&[pv], e).await.expect("log");
+            set.completed(tickets);
+        }
+        // PV 2's disk dies before the barrier writes its journal's header.
+        world.pv(2).disk.fail();
+        set.checkpoint_all()
+            .await
+            .expect("a dead PV degrades the pool; the barrier holds for the others");
+        assert!(
+            pvs.is_failed(2),
+            "the PV whose header write failed is failed"
+        );
+        assert!(!pvs.is_failed(1) && !pvs.is_failed(3));
+        assert!(!set.has_unretired(&[1], row(0)), "PV 1's entry is retired");
+        // A failed PV's journal is never replayed, so nothing is left to retire.
+        assert!(!set.has_unretired(&[1, 2], row(1)));
+    });
+}

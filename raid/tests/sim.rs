@@ -45,8 +45,10 @@ const SHORT_RUN: Range<u64> = 0..64;
 /// Seeds beyond the short run that once found a bug, run with it: a
 /// commit that snapshotted chunk bits set by a write that finished while it
 /// waited, without that write's checksums (484, 8539, 8618, 9679); the
-/// model keeping writes after a shutdown whose last commit failed (4576).
-const REGRESSIONS: [u64; 5] = [484, 4576, 8539, 8618, 9679];
+/// model keeping writes after a shutdown whose last commit failed (4576);
+/// a barrier failing every commit when a dead PV's journal header could not
+/// be written (9007).
+const REGRESSIONS: [u64; 6] = [484, 4576, 8539, 8618, 9007, 9679];
 /// Real time one seed may take before it counts as hung.
 const SEED_LIMIT: Duration = Duration::from_secs(120);
 

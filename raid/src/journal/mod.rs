@@ -444,7 +444,10 @@ impl JournalSet {
     /// Retires every entry logged before the call on every journal of an
     /// online PV, waiting for their in-place writes to complete (tickets
     /// not handed back keep it waiting), and returns once the new tails are
-    /// durable.
+    /// durable. A journal whose checkpoint fails an I/O is its PV failing:
+    /// the PV is marked failed (a failed PV's journal is never replayed)
+    /// and the others' checkpoints stand, so a dead disk degrades the pool
+    /// instead of stopping every volume's commits.
     pub async fn checkpoint_all(&self) -> BlockResult<()> {
         let pvs = &self.inner.pvs;
         let journals: Vec<_> = self
@@ -458,7 +461,15 @@ impl JournalSet {
                 .map(|j| j.checkpoint(pvs, Retire::AllLogged)),
         )
         .await;
-        results.into_iter().try_for_each(|r| r.map(drop))
+        self.fail_poisoned(&journals);
+        for (journal, result) in journals.iter().zip(results) {
+            if let Err(e) = result {
+                if !pvs.is_failed(journal.pv) {
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The journals, sorted by PV.
