@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-use crate::fio::{Unit, Workload, PREWRITE};
+use crate::fio::{both_directions, timing_args, Unit, Workload, PREWRITE};
 use crate::process;
 
 /// Files written at once: one for a single copy, two for a mirror.
@@ -70,14 +70,7 @@ impl DiskFiles {
             "--group_reporting".into(),
             "--output-format=json".into(),
         ];
-        match timed {
-            Some((runtime_s, ramp_s)) => args.extend([
-                "--time_based".into(),
-                format!("--runtime={runtime_s}"),
-                format!("--ramp_time={ramp_s}"),
-            ]),
-            None => args.push("--end_fsync=1".into()),
-        }
+        args.extend(timing_args(timed));
         for (i, path) in paths.iter().enumerate() {
             args.push(format!("--name=disk{i}"));
             args.push(format!("--filename={}", path.display()));
@@ -89,15 +82,9 @@ impl DiskFiles {
         if job["error"].as_i64() != Some(0) {
             bail!("fio on plain files: error {}", job["error"]);
         }
-        let sum = |key: &str| -> f64 {
-            ["read", "write"]
-                .iter()
-                .map(|dir| job[dir][key].as_f64().unwrap_or(0.0))
-                .sum()
-        };
         Ok(match workload.unit {
-            Unit::Iops => sum("iops"),
-            Unit::MibPerS => sum("bw_bytes") / (1u64 << 20) as f64,
+            Unit::Iops => both_directions(job, "iops"),
+            Unit::MibPerS => both_directions(job, "bw_bytes") / (1u64 << 20) as f64,
         })
     }
 }

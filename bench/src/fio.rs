@@ -110,16 +110,30 @@ impl Job<'_> {
             "--randrepeat=0".into(),
             "--output-format=json".into(),
         ];
-        match self.timed {
-            Some((runtime_s, ramp_s)) => args.extend([
-                "--time_based".into(),
-                format!("--runtime={runtime_s}"),
-                format!("--ramp_time={ramp_s}"),
-            ]),
-            None => args.push("--end_fsync=1".into()),
-        }
+        args.extend(timing_args(self.timed));
         args
     }
+}
+
+/// fio's options for a run of `runtime_s` measured seconds after `ramp_s`
+/// unmeasured ones, or (`None`) once over the whole size, flushed at the end.
+pub fn timing_args(timed: Option<(u64, u64)>) -> Vec<String> {
+    match timed {
+        Some((runtime_s, ramp_s)) => vec![
+            "--time_based".into(),
+            format!("--runtime={runtime_s}"),
+            format!("--ramp_time={ramp_s}"),
+        ],
+        None => vec!["--end_fsync=1".into()],
+    }
+}
+
+/// A field of a fio job's report, summed over reads and writes.
+pub fn both_directions(job: &Value, key: &str) -> f64 {
+    ["read", "write"]
+        .iter()
+        .map(|dir| job[dir][key].as_f64().unwrap_or(0.0))
+        .sum()
 }
 
 /// A run's figures; bytes and rates count only the measured time.
@@ -179,12 +193,7 @@ pub fn run(job: &Job, server_pid: u32, scratch: &Path) -> Result<Measured> {
     if fio_job["error"].as_i64() != Some(0) {
         bail!("fio {}: error {}", job.workload.name, fio_job["error"]);
     }
-    let sum = |key: &str| -> f64 {
-        ["read", "write"]
-            .iter()
-            .map(|dir| fio_job[dir][key].as_f64().unwrap_or(0.0))
-            .sum()
-    };
+    let sum = |key: &str| both_directions(fio_job, key);
     Ok(Measured {
         bytes: sum("io_bytes") as u64,
         iops: sum("iops"),
