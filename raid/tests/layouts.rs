@@ -766,3 +766,36 @@ async fn after_an_unclean_shutdown_a_lost_block_the_row_vouches_for_is_adopted()
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rot_in_an_unwritten_chunk_does_not_block_rebuilding_a_lost_block() {
+    let layout = Layout::Erasure {
+        data: 4,
+        parity: 2,
+        unit_bytes: UNIT,
+    };
+    let pool = Pool::new(7, 64, 23).await;
+    pool.service
+        .create_lv("vg", "lv", 4 * MIB, true, layout)
+        .unwrap();
+    let lv = pool.open("lv").await;
+    // Only shard 0 of row 0 is written; shard 3's chunk stays unwritten,
+    // so no checksum covers its bytes, which still count in parity.
+    let data = pattern(23, UNIT as usize);
+    write(&lv, 0, &data).await;
+    lv.flush().await.unwrap();
+    let at = 8192u64;
+    let (rotten_disk, rotten_offset) = pool.device_offset(&lv, layout, 0, 3 * UNIT + at).await;
+    pool.disks[rotten_disk].corrupt_block(rotten_offset);
+    let (lost_disk, _) = pool.device_offset(&lv, layout, 0, at).await;
+    pool.disks[lost_disk].fail();
+    // Two faults in one column of ec 4+2: within tolerance.
+    assert!(
+        read(&lv, 0, UNIT as usize).await.unwrap() == data,
+        "the lost block is rebuilt around the rot"
+    );
+    assert!(
+        read(&lv, 3 * UNIT, UNIT as usize).await.unwrap() == vec![0u8; UNIT as usize],
+        "the unwritten chunk reads as zeroes"
+    );
+}

@@ -27,8 +27,9 @@
 //! Resolving a column (a 4 KiB block at one offset of every shard of a
 //! row): data blocks that match their checksums are trusted; parity is
 //! recomputed from them. Data blocks that fail are rebuilt from the rest
-//! of the row, trying the parity shards in turn, and accepted only if the
-//! result matches the checksums. In a resync (after an unclean shutdown
+//! of the row, leaving out in turn the shards no checksum covers (parity,
+//! and data of chunks not written, whose bytes still count in parity), and
+//! accepted only if the result matches the checksums. In a resync (after an unclean shutdown
 //! or a failed write) data that fails its checksum is adopted when the
 //! row vouches for it (written before the crash, its checksum not
 //! committed): a present block that a rebuilt block proves the row sound
@@ -214,6 +215,14 @@ impl Parity {
             .filter(|&s| block(s).is_some_and(|b| !matches(s, b)))
             .collect();
         let parity_present: Vec<usize> = (k..n).filter(|&s| present[s]).collect();
+        // Present shards no checksum vouches for: parity, and data blocks
+        // of chunks not written (they read as zeroes, but their bytes still
+        // count in parity). Either may be bad unseen; left out in turn.
+        let unchecked: Vec<usize> = parity_present
+            .iter()
+            .copied()
+            .chain((0..k).filter(|&s| present[s] && !covered(s)))
+            .collect();
         let encode = |data: &[Vec<u8>]| -> Option<Vec<Vec<u8>>> {
             let mut parity = vec![vec![0u8; BLOCK]; n - k];
             let inputs: Vec<&[u8]> = data.iter().map(Vec::as_slice).collect();
@@ -253,7 +262,7 @@ impl Parity {
             }
         }
         // Rebuild what is missing, with the suspects rebuilt too or taken as
-        // they are, leaving out parity shards in turn in case one is bad.
+        // they are, leaving out unchecked shards in turn in case one is bad.
         let m = n - k;
         let mut tried: Vec<Vec<usize>> = Vec::new();
         for rebuild_suspects in [true, false] {
@@ -265,7 +274,7 @@ impl Parity {
             if base.len() > m {
                 continue;
             }
-            for excluded in parity_subsets(&parity_present, m - base.len()) {
+            for excluded in subsets(&unchecked, m - base.len()) {
                 let erased: Vec<usize> = base.iter().chain(&excluded).copied().collect();
                 if tried.contains(&erased) {
                     continue;
@@ -330,6 +339,12 @@ impl Parity {
                     .copied()
                     .filter(|s| erased.contains(s))
                     .collect();
+                wrong.extend(
+                    excluded
+                        .iter()
+                        .copied()
+                        .filter(|&s| s < k && block(s) != Some(&shards[s][..])),
+                );
                 wrong.extend(differing_parity(&parity));
                 shards.truncate(k);
                 shards.extend(parity);
@@ -703,16 +718,16 @@ impl Parity {
     }
 }
 
-/// Subsets of `parity` with at most `max` members, smallest first.
-fn parity_subsets(parity: &[usize], max: usize) -> Vec<Vec<usize>> {
+/// Subsets of `items` with at most `max` members, smallest first.
+fn subsets(items: &[usize], max: usize) -> Vec<Vec<usize>> {
     let mut subsets = vec![Vec::new()];
-    for size in 1..=max.min(parity.len()) {
+    for size in 1..=max.min(items.len()) {
         let mut indexes: Vec<usize> = (0..size).collect();
         loop {
-            subsets.push(indexes.iter().map(|&i| parity[i]).collect());
+            subsets.push(indexes.iter().map(|&i| items[i]).collect());
             let Some(i) = (0..size)
                 .rev()
-                .find(|&i| indexes[i] != i + parity.len() - size)
+                .find(|&i| indexes[i] != i + items.len() - size)
             else {
                 break;
             };
