@@ -61,15 +61,10 @@ impl DiskFiles {
         let mut args = vec![
             "--ioengine=io_uring".to_string(),
             "--direct=1".into(),
-            format!("--rw={}", workload.rw),
-            format!("--bs={}", workload.block),
-            format!("--iodepth={}", workload.iodepth),
             format!("--size={}m", self.size_mib),
-            "--norandommap".into(),
-            "--randrepeat=0".into(),
             "--group_reporting".into(),
-            "--output-format=json".into(),
         ];
+        args.extend(workload.args());
         args.extend(timing_args(timed));
         for (i, path) in paths.iter().enumerate() {
             args.push(format!("--name=disk{i}"));

@@ -94,22 +94,30 @@ pub struct Job<'a> {
     pub timed: Option<(u64, u64)>,
 }
 
-impl Job<'_> {
+impl Workload {
+    /// fio's options for this workload on any engine, with its report in
+    /// JSON: every offset equally likely each time, not a fixed sequence.
     pub fn args(&self) -> Vec<String> {
-        let w = self.workload;
-        let mut args = vec![
-            format!("--name={}", w.name),
-            "--ioengine=nbd".into(),
-            format!("--uri={}", self.uri),
-            format!("--rw={}", w.rw),
-            format!("--bs={}", w.block),
-            format!("--iodepth={}", w.iodepth),
-            format!("--size={}", self.size_bytes),
-            // Every offset equally likely each time, not a fixed sequence.
+        vec![
+            format!("--rw={}", self.rw),
+            format!("--bs={}", self.block),
+            format!("--iodepth={}", self.iodepth),
             "--norandommap".into(),
             "--randrepeat=0".into(),
             "--output-format=json".into(),
+        ]
+    }
+}
+
+impl Job<'_> {
+    pub fn args(&self) -> Vec<String> {
+        let mut args = vec![
+            format!("--name={}", self.workload.name),
+            "--ioengine=nbd".into(),
+            format!("--uri={}", self.uri),
+            format!("--size={}", self.size_bytes),
         ];
+        args.extend(self.workload.args());
         args.extend(timing_args(self.timed));
         args
     }
