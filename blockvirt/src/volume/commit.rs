@@ -26,7 +26,7 @@
 //! that may not survive. On a redundant layout a PV whose flush fails is
 //! marked failed instead, and the volume carries on degraded.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -115,23 +115,24 @@ impl Inner {
         // them. So the checksums are taken again once every bit is read,
         // with the PVs holding their data flushed below.
         let mut checksum_chunks = checksum_chunks;
+        let written: BTreeMap<u64, u64> = batch
+            .extents
+            .iter()
+            .filter_map(|change| Some((change.le, change.entry.as_ref()?.written)))
+            .collect();
+        let in_snapshot = |&(le, chunk): &(u64, u8)| {
+            written
+                .get(&le)
+                .is_some_and(|bits| bits & (1 << chunk) != 0)
+        };
         {
             let mut dirty = self.dirty.lock();
-            let late = std::mem::take(&mut dirty.checksum_chunks);
-            for (le, chunk) in late {
-                let in_snapshot = batch.extents.iter().any(|change| {
-                    change.le == le
-                        && change
-                            .entry
-                            .as_ref()
-                            .is_some_and(|entry| entry.written & (1 << chunk) != 0)
-                });
-                if in_snapshot {
-                    checksum_chunks.insert((le, chunk));
-                } else {
-                    dirty.checksum_chunks.insert((le, chunk));
-                }
-            }
+            let (now, later): (BTreeSet<_>, BTreeSet<_>) =
+                std::mem::take(&mut dirty.checksum_chunks)
+                    .into_iter()
+                    .partition(in_snapshot);
+            checksum_chunks.extend(now);
+            dirty.checksum_chunks = later;
         }
         for (le, chunk) in checksum_chunks {
             let slot = self.slot(le);
