@@ -206,7 +206,7 @@ fn check(world: &World, plans: &[RowPlan], model: &mut Model, report: &RecoveryR
     assert_eq!(report.writes_skipped, 0, "{report:?}");
     for part in report.journals.values() {
         assert!(part.read && part.torn_entries <= 1, "{report:?}");
-        model.torn += part.torn_entries;
+        model.torn += part.torn_entries + part.damaged_entries;
     }
     model.replayed += report.entries_replayed;
     for (row, plan) in plans.iter().enumerate() {

@@ -211,7 +211,7 @@ fn targets_on_failed_or_absent_pvs_are_skipped() {
 }
 
 #[test]
-fn the_scan_stops_at_a_damaged_entry_and_replays_nothing_after_it() {
+fn a_damaged_entry_not_in_place_is_skipped_and_the_entries_after_it_replayed() {
     let world = world(2);
     let entries: Vec<_> = (0..3)
         .map(|i| entry(i, vec![world.write(2, i, 10 + i, 1)]))
@@ -235,16 +235,67 @@ fn the_scan_stops_at_a_damaged_entry_and_replays_nothing_after_it() {
         let set = world.open(world.pv_set()).await;
         set.recover().await.expect("recover")
     });
-    assert_eq!(report.entries_replayed, 1, "{report:?}");
-    assert_eq!(report.journals[&1].torn_entries, 1, "{report:?}");
+    assert_eq!(
+        (report.entries_replayed, report.entries_damaged),
+        (2, 1),
+        "{report:?}"
+    );
+    assert_eq!(report.journals[&1].damaged_entries, 1, "{report:?}");
     assert!(world.holds(&entries[0].writes[0]));
     assert!(
         world.untouched(&entries[1].writes[0]),
         "a damaged entry is never written in place"
     );
     assert!(
-        world.untouched(&entries[2].writes[0]),
-        "nothing after the gap was acknowledged"
+        world.holds(&entries[2].writes[0]),
+        "its header says where the next entry starts; that one was acknowledged"
+    );
+}
+
+/// A row's newest entry went in place, then the disk spoiled its only
+/// journal copy. Replaying the row's older entry would roll acknowledged
+/// data back; the damaged entry's targets hold its payload, so the older
+/// entry leaves them alone and replays the rest.
+#[test]
+fn an_older_entry_is_not_replayed_over_a_damaged_one_found_in_place() {
+    let world = world(3);
+    let older = entry(0, vec![world.write(3, 0, 11, 2), world.write(2, 0, 12, 1)]);
+    let newer = entry(0, vec![world.write(3, 1, 21, 1), world.write(2, 0, 22, 1)]);
+    runtime().block_on(async {
+        let set = recovered(&world).await;
+        for e in [&older, &newer] {
+            let tickets = set.log(&[1], e).await.expect("log");
+            world.in_place(e).await;
+            set.completed(tickets);
+        }
+        for pv in [2, 3] {
+            world.pv(pv).disk.flush().await.expect("flush");
+        }
+    });
+    world.crash();
+    // `older` is a header and three payload blocks from ring offset 0; damage
+    // `newer`'s payload.
+    let region = world.pv(1).region;
+    world
+        .pv(1)
+        .disk
+        .corrupt_block(region.offset_bytes + 2 * BLOCK + 4 * BLOCK + BLOCK);
+    let report = runtime().block_on(recovered_report(&world));
+    assert_eq!(
+        (
+            report.entries_replayed,
+            report.entries_in_place,
+            report.writes_superseded
+        ),
+        (1, 1, 2),
+        "{report:?}"
+    );
+    assert!(world.holds(&newer.writes[0]) && world.holds(&newer.writes[1]));
+    let first = &older.writes[0];
+    assert_eq!(
+        world.pv(3).disk.stored(first.offset_bytes, BLOCK),
+        first.data[..BLOCK as usize],
+        "the older entry's block that the newer did not write"
     );
 }
 

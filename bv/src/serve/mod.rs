@@ -251,13 +251,15 @@ async fn open_journals(service: &Service, pvs: &PvSet) -> anyhow::Result<Journal
         .recover()
         .await
         .context("replaying the stripe journals")?;
-    if report.entries_replayed > 0 || report.entries_unreadable > 0 {
+    if report.entries_replayed > 0 || report.entries_unreadable > 0 || report.entries_in_place > 0 {
         tracing::warn!(
-            "stripe journals: {} interrupted row updates replayed ({} bytes), {} skipped writes to failed PVs, {} unreadable",
+            "stripe journals: {} interrupted row updates replayed ({} bytes), {} skipped writes to failed PVs, {} unreadable, {} damaged, {} damaged but found in place",
             report.entries_replayed,
             report.bytes_replayed,
             report.writes_skipped,
-            report.entries_unreadable
+            report.entries_unreadable,
+            report.entries_damaged,
+            report.entries_in_place
         );
     }
     Ok(journals)

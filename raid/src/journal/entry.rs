@@ -193,6 +193,18 @@ pub struct RecoveryReport {
     /// held one failed during the recovery (and with it the row's parity,
     /// so nothing is left that the entry could make consistent).
     pub entries_unreadable: u64,
+    /// Entries whose every copy was damaged (header sound, payload not) and
+    /// whose bytes were not in place: torn by the crash before their
+    /// append was acknowledged, or spoiled and never written in place.
+    /// Not replayed.
+    pub entries_damaged: u64,
+    /// Entries whose every copy was damaged but whose bytes were all found
+    /// in place: the disk spoiled the journal copy after the entry was
+    /// durable. Older entries are not replayed over them.
+    pub entries_in_place: u64,
+    /// In-place byte ranges of older entries left alone because an entry
+    /// found in place had written them since.
+    pub writes_superseded: u64,
     /// Per journal, by PV.
     pub journals: BTreeMap<PvId, JournalRecovery>,
 }
@@ -212,4 +224,8 @@ pub struct JournalRecovery {
     /// there) but not a valid next one: an entry torn by the crash, never
     /// acknowledged. 0 or 1.
     pub torn_entries: u64,
+    /// Entries found with a sound header and a payload that fails its
+    /// checksum (torn by the crash, or spoiled since); the scan went on
+    /// past them.
+    pub damaged_entries: u64,
 }

@@ -24,7 +24,7 @@
 //!
 //! Either way an entry counts as durable only once every older entry is
 //! too (`durable_end` only ever covers a prefix). The prefix rule is what
-//! recovery needs: it stops at the first invalid entry.
+//! recovery needs: it stops at the first gap.
 //!
 //! Crash-ordering rule: `log` returns only when the entry (and every entry
 //! before it) is durable on the journal device.

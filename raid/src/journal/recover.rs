@@ -25,11 +25,22 @@
 //! ignores the journal of a PV that was missing at the last start and came
 //! back: its rows have been written since.
 //!
+//! Why damaged entries are looked for in place: a disk that spoils its
+//! writes can damage the only copy of a row's newest entry after it went
+//! in place. Replaying the row's older entries would then roll the row
+//! back over acknowledged data. The damaged entry's header still names
+//! its targets and the checksum of its payload; when the targets hold
+//! exactly those bytes, the entry went in place, and older entries skip
+//! the byte ranges it wrote. When they do not, the entry never finished
+//! in place (torn by the crash, or spoiled before), and the older entries
+//! are replayed as usual.
+//!
 //! Crash-ordering rule: targets are flushed after the replay and before
 //! any header is rewritten, so a crash anywhere leaves either the old
 //! entries to replay again (replay is idempotent) or durable results.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
 use std::sync::Arc;
 
 use blockvirt::volume::PvSet;
@@ -39,8 +50,9 @@ use metadata::PvId;
 
 use super::checkpoint::flush_targets;
 use super::entry::{in_data_area, JournalRecovery, RecoveryReport};
+use super::format::payload_crc;
 use super::format::EntryHeader;
-use super::io::write_all;
+use super::io::{read_exact, write_all};
 use super::pv_journal::PvJournal;
 use super::scan::{Found, Scan};
 
@@ -65,6 +77,8 @@ pub(super) async fn recover(
                     part.read = true;
                     part.entries_found = scan.entries.len() as u64;
                     part.torn_entries = u64::from(scan.torn);
+                    part.damaged_entries =
+                        scan.entries.iter().filter(|f| !f.payload_sound).count() as u64;
                     scans.push((journal, scan));
                 }
                 // As any I/O error does, this fails the PV: its columns are
@@ -97,11 +111,37 @@ pub(super) async fn recover(
         }
     }
 
+    let mut in_place: Vec<Written> = Vec::new();
+    for copies in copies.values() {
+        if copies.iter().all(|(_, found)| !found.payload_sound) {
+            let header = &copies[0].1.header;
+            if is_in_place(pvs, header).await {
+                report.entries_in_place += 1;
+                in_place.extend(header.targets.iter().map(|t| Written {
+                    id: header.id,
+                    pv: t.pv,
+                    range: t.offset_bytes..t.offset_bytes + t.len_bytes,
+                }));
+            } else {
+                report.entries_damaged += 1;
+            }
+        }
+    }
+
     let mut touched = BTreeSet::new();
     for (id, copies) in &copies {
-        match read_one_copy(pvs, *id, copies).await? {
+        let sound: Vec<_> = copies
+            .iter()
+            .filter(|(_, found)| found.payload_sound)
+            .copied()
+            .collect();
+        if sound.is_empty() {
+            continue;
+        }
+        match read_one_copy(pvs, *id, &sound).await? {
             Some((header, payload)) => {
-                replay(pvs, header, &payload, &mut report, &mut touched).await
+                let later: Vec<&Written> = in_place.iter().filter(|w| w.id > *id).collect();
+                replay(pvs, header, &payload, &later, &mut report, &mut touched).await
             }
             None => report.entries_unreadable += 1,
         }
@@ -146,6 +186,67 @@ pub(super) async fn recover(
     Ok(report)
 }
 
+/// A byte range an entry found in place wrote.
+struct Written {
+    id: u64,
+    pv: PvId,
+    range: Range<u64>,
+}
+
+/// Whether every target of `entry` holds exactly its payload (the payload
+/// checksum over the targets' bytes matches). A target that cannot be
+/// read counts as not in place.
+async fn is_in_place(pvs: &PvSet, entry: &EntryHeader) -> bool {
+    let mut pieces = Vec::with_capacity(entry.targets.len());
+    for target in &entry.targets {
+        let Ok(handle) = pvs.get(target.pv) else {
+            return false;
+        };
+        if pvs.is_failed(target.pv) || !in_data_area(&handle, target.offset_bytes, target.len_bytes)
+        {
+            return false;
+        }
+        let read = read_exact(
+            &handle.device,
+            target.pv,
+            "journal in-place check",
+            target.offset_bytes,
+            target.len_bytes,
+        )
+        .await;
+        match read {
+            Ok(bytes) => pieces.push(bytes),
+            Err(e) => {
+                pvs.fail(target.pv, &format!("journal in-place check: {e}"));
+                return false;
+            }
+        }
+    }
+    payload_crc(pieces.iter().map(|p| &p[..])) == entry.payload_crc
+}
+
+/// The parts of `range` on `pv` that none of `written` covers.
+fn not_written(pv: PvId, range: Range<u64>, written: &[&Written]) -> Vec<Range<u64>> {
+    let mut covers: Vec<&Range<u64>> = written
+        .iter()
+        .filter(|w| w.pv == pv && w.range.start < range.end && range.start < w.range.end)
+        .map(|w| &w.range)
+        .collect();
+    covers.sort_by_key(|r| r.start);
+    let mut left = Vec::new();
+    let mut at = range.start;
+    for cover in covers {
+        if cover.start > at {
+            left.push(at..cover.start);
+        }
+        at = at.max(cover.end);
+    }
+    if at < range.end {
+        left.push(at..range.end);
+    }
+    left
+}
+
 /// The first copy of an entry that still reads back whole; `None` when
 /// every copy's journal failed (those PVs are marked failed).
 async fn read_one_copy<'a>(
@@ -179,7 +280,8 @@ async fn read_one_copy<'a>(
     Ok(None)
 }
 
-/// Writes one entry's bytes in place. Targets on failed or absent PVs are
+/// Writes one entry's bytes in place, except where a later entry found in
+/// place (`later`) wrote since. Targets on failed or absent PVs are
 /// skipped; a target outside its PV's data area makes the whole entry invalid
 /// (checked before anything is written); a target PV that fails a write
 /// is marked failed, as in normal operation.
@@ -187,6 +289,7 @@ async fn replay(
     pvs: &PvSet,
     entry: &EntryHeader,
     payload: &IoBuf,
+    later: &[&Written],
     report: &mut RecoveryReport,
     touched: &mut BTreeSet<PvId>,
 ) {
@@ -216,7 +319,21 @@ async fn replay(
             report.entries_invalid += 1;
             return;
         }
-        writes.push((target.pv, handle.device, target.offset_bytes, data));
+        let range = target.offset_bytes..target.offset_bytes + target.len_bytes;
+        let parts = not_written(target.pv, range.clone(), later);
+        if parts != [range.clone()] {
+            report.writes_superseded += 1;
+        }
+        for part in parts {
+            let at = (part.start - range.start) as usize;
+            let len = (part.end - part.start) as usize;
+            writes.push((
+                target.pv,
+                handle.device.clone(),
+                part.start,
+                data.slice(at..at + len),
+            ));
+        }
     }
     let results = join_all(
         writes

@@ -2,16 +2,24 @@
 //! after entry, until the first block that is not the valid next entry.
 //!
 //! ```text
-//!  header.tail ─▶ [seq 7 ✓] ─▶ [seq 8 ✓] ─▶ [seq 9: bad CRC]  stop: torn, never acknowledged
+//!  header.tail ─▶ [seq 7 ✓] ─▶ [seq 8: payload bad] ─▶ [seq 9: bad header]  stop
 //!                                 └─ if nothing valid where seq 8 ended, look at ring offset 0
 //! ```
 //!
-//! An entry is valid only if its header block decodes (magic, CRC), it
-//! belongs to this journal's generation and epoch, has the sequence number
-//! that comes next, fits the ring, and its payload matches the payload
-//! checksum. Anything else ends the scan: appends are acknowledged only
-//! once every older entry is durable, so nothing after the first gap was
-//! ever acknowledged.
+//! An entry is found if its header block decodes (magic, CRC), it belongs
+//! to this journal's generation and epoch, has the sequence number that
+//! comes next and fits the ring. Anything else ends the scan: appends are
+//! acknowledged only once every older entry is durable, so nothing after
+//! a gap was ever acknowledged.
+//!
+//! An entry whose header holds but whose payload fails its checksum is
+//! found *damaged*, and the scan goes on past it (the header says where
+//! the next one starts). Damage is either an append the crash tore (never
+//! acknowledged; whatever follows was not either, and replaying it writes
+//! a consistent row) or a durable entry the disk spoiled since, after
+//! which acknowledged entries follow that must be replayed. Either way the
+//! header still names the rows it changed, which recovery needs (see
+//! `recover.rs`).
 
 use blockvirt::BlockResult;
 
@@ -25,12 +33,14 @@ use super::ring::{max_entry_bytes, next_candidates};
 pub(super) struct Found {
     pub header: EntryHeader,
     pub offset_bytes: u64,
+    /// The payload matched its checksum when scanned.
+    pub payload_sound: bool,
 }
 
 #[derive(Debug, Clone, Default)]
 pub(super) struct Scan {
     pub entries: Vec<Found>,
-    /// The scan ended at a started but invalid entry.
+    /// The scan ended at a started but invalid entry (its header bad).
     pub torn: bool,
     /// The sequence after the last valid entry.
     pub next_seq: u64,
@@ -129,12 +139,11 @@ impl PvJournal {
         if len > max_entry_bytes(capacity) || offset_bytes + len > capacity {
             return Ok(Looked::Torn);
         }
-        if self.read_payload(offset_bytes, &entry).await?.is_none() {
-            return Ok(Looked::Torn);
-        }
+        let payload_sound = self.read_payload(offset_bytes, &entry).await?.is_some();
         Ok(Looked::Entry(Found {
             header: entry,
             offset_bytes,
+            payload_sound,
         }))
     }
 

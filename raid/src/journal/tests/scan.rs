@@ -166,16 +166,19 @@ fn the_scan_wraps_to_the_ring_start() {
 }
 
 #[test]
-fn a_torn_entry_ends_the_scan_and_is_reported() {
+fn a_damaged_payload_is_passed_and_a_damaged_header_ends_the_scan() {
     let placed = [
         Placed::at(0, 10, 1),
         Placed::at(2, 11, 2),
         Placed::at(5, 12, 1),
     ];
-    // The payload of seq 11 does not match its checksum.
+    // The payload of seq 11 does not match its checksum: found damaged,
+    // and its header says where seq 12 starts.
     let found = scan(&placed, header(10, 0), Some(4 * B));
-    assert_eq!(seqs(&found), vec![10]);
-    assert!(found.torn);
+    assert_eq!(seqs(&found), vec![10, 11, 12]);
+    let sound: Vec<bool> = found.entries.iter().map(|f| f.payload_sound).collect();
+    assert_eq!(sound, vec![true, false, true]);
+    assert!(!found.torn);
     // Its header block is damaged.
     let found = scan(&placed, header(10, 0), Some(2 * B));
     assert_eq!(seqs(&found), vec![10]);
