@@ -132,6 +132,11 @@ pub struct ChunkChecksums {
     pub le: u64,
     pub chunk: u8,
     pub values: Vec<u32>,
+    /// Blocks of the chunk (index within it) known bad: no copy matched
+    /// their checksum when a write had to encode parity from them as they
+    /// stood. A resync never adopts them (md keeps a bad-block log for
+    /// the same reason). Cleared by the next write of the block.
+    pub known_bad: Vec<u32>,
 }
 
 /// A mapped logical extent.
@@ -181,6 +186,23 @@ pub(crate) fn checksum_key(lv: u64, le: u64, chunk: u8) -> Vec<u8> {
     key
 }
 
+/// A chunk's checksum record: the checksums alone while no block is known
+/// bad (the only form before known-bad blocks were recorded), else the
+/// checksums and the known-bad blocks.
+pub(crate) fn encode_checksums(values: &[u32], known_bad: &[u32]) -> Vec<u8> {
+    if known_bad.is_empty() {
+        encode(&values)
+    } else {
+        encode(&(values, known_bad))
+    }
+}
+
+/// (checksums, known-bad blocks) of a record [`encode_checksums`] wrote.
+pub(crate) fn decode_checksums(bytes: &[u8]) -> MetaResult<(Vec<u32>, Vec<u32>)> {
+    decode::<(Vec<u32>, Vec<u32>)>(bytes, "checksums")
+        .or_else(|_| decode::<Vec<u32>>(bytes, "checksums").map(|values| (values, Vec::new())))
+}
+
 pub(crate) fn split_pair_key(key: &[u8]) -> MetaResult<(u64, u64)> {
     if key.len() != 16 {
         return Err(MetaError::Corrupt(format!(
@@ -216,6 +238,19 @@ pub fn validate_name(kind: &str, name: &str) -> MetaResult<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Records written before known-bad blocks existed read back with none;
+    /// a record with none is written in that same form.
+    #[test]
+    fn checksum_records_carry_known_bad_blocks_and_read_the_older_form() {
+        let values = vec![7u32, 0xFFFF_FFFF, 0, 12345];
+        let older = encode(&values);
+        assert_eq!(decode_checksums(&older).unwrap(), (values.clone(), vec![]));
+        assert_eq!(encode_checksums(&values, &[]), older);
+        let with_bad = encode_checksums(&values, &[1, 3]);
+        assert_eq!(decode_checksums(&with_bad).unwrap(), (values, vec![1, 3]));
+        assert!(decode_checksums(&[]).is_err());
+    }
 
     #[test]
     fn records_round_trip_and_reject_unknown_versions() {

@@ -6,7 +6,9 @@ use std::sync::atomic::Ordering;
 
 use futures::future::join_all;
 use metadata::Placement;
+use parking_lot::Mutex;
 
+use super::commit::Dirty;
 use super::geometry::Piece;
 use super::layout::{BlockCheck, Legs, ReadReport};
 use super::{block_checksum, Inner, Slot};
@@ -20,7 +22,10 @@ use crate::error::{BlockError, BlockResult, ErrorKind};
 /// of chunks never written match anything.
 pub(super) struct SlotCheck<'a> {
     pub slot: &'a Slot,
+    pub le: u64,
     pub chunk_bytes: u64,
+    /// Where a block marked known bad is queued for the next commit.
+    pub dirty: &'a Mutex<Dirty>,
 }
 
 impl BlockCheck for SlotCheck<'_> {
@@ -35,14 +40,35 @@ impl BlockCheck for SlotCheck<'_> {
         let expected = self.slot.checksums.lock()[(offset_bytes / IO_ALIGN as u64) as usize];
         block_checksum(block) == expected
     }
+
+    fn known_bad(&self, offset_bytes: u64) -> bool {
+        self.slot
+            .known_bad
+            .lock()
+            .contains(&((offset_bytes / IO_ALIGN as u64) as usize))
+    }
+
+    fn mark_known_bad(&self, offset_bytes: u64) {
+        if !self.covers(offset_bytes) {
+            return;
+        }
+        self.slot
+            .known_bad
+            .lock()
+            .insert((offset_bytes / IO_ALIGN as u64) as usize);
+        let chunk = (offset_bytes / self.chunk_bytes) as u8;
+        self.dirty.lock().checksum_chunks.insert((self.le, chunk));
+    }
 }
 
 impl Inner {
     /// The checks of the extent's blocks, on a checksummed layout.
-    pub(super) fn check<'a>(&self, slot: &'a Slot) -> Option<SlotCheck<'a>> {
+    pub(super) fn check<'a>(&'a self, slot: &'a Slot, le: u64) -> Option<SlotCheck<'a>> {
         self.checksummed.then_some(SlotCheck {
             slot,
+            le,
             chunk_bytes: self.geometry.chunk_bytes,
+            dirty: &self.dirty,
         })
     }
 
@@ -100,7 +126,7 @@ impl Inner {
             return (Ok(()), buf, true);
         };
         let legs = self.legs(placement);
-        let check = self.check(slot);
+        let check = self.check(slot, piece.le);
         let check = check.as_ref().map(|c| c as &dyn BlockCheck);
         let runs = self.geometry.runs(&piece, slot.written());
         let parts: Vec<IoBufMut> = runs.iter().map(|r| buf.split_to(r.1 as usize)).collect();
@@ -203,7 +229,9 @@ impl Inner {
                             piece.offset_bytes,
                             data.clone(),
                             flags,
-                            self.check(&slot).as_ref().map(|c| c as &dyn BlockCheck),
+                            self.check(&slot, piece.le)
+                                .as_ref()
+                                .map(|c| c as &dyn BlockCheck),
                         )
                         .await;
                     if let Err(e) = written {
@@ -228,7 +256,7 @@ impl Inner {
         if newly_mapped {
             *guard = Some(self.allocate().await?);
             if self.checksummed {
-                *slot.checksums.lock() = vec![0; self.geometry.blocks_per_extent()];
+                slot.reset_checksums(self.geometry.blocks_per_extent());
             }
         }
         let placement = guard.as_ref().expect("mapped above");
@@ -254,7 +282,7 @@ impl Inner {
             wide.freeze()
         };
         let legs = self.legs(placement);
-        let check = self.check(&slot);
+        let check = self.check(&slot, piece.le);
         if let Err(e) = self
             .redundancy
             .write(
@@ -368,7 +396,7 @@ impl Inner {
             *guard = Some(placement);
             slot.ready.store(true, Ordering::Release);
             if self.checksummed {
-                *slot.checksums.lock() = vec![0; self.geometry.blocks_per_extent()];
+                slot.reset_checksums(self.geometry.blocks_per_extent());
             }
             self.placement_changed(&slot, piece.le);
         }
@@ -382,7 +410,7 @@ impl Inner {
             for (start, len, set) in self.geometry.runs(&piece, partial) {
                 if set {
                     let offset = piece.offset_bytes + start;
-                    let check = self.check(&slot);
+                    let check = self.check(&slot, piece.le);
                     let check = check.as_ref().map(|c| c as &dyn BlockCheck);
                     if let Err(e) = self
                         .redundancy
@@ -408,7 +436,7 @@ impl Inner {
             self.update_bits(&slot, piece.le, |_| 0);
             *guard = None;
             slot.ready.store(false, Ordering::Release);
-            slot.checksums.lock().clear();
+            slot.reset_checksums(0);
             self.placement_changed(&slot, piece.le);
             let mut dirty = self.dirty.lock();
             dirty.placements_released = true;

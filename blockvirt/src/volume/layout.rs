@@ -92,6 +92,17 @@ pub trait BlockCheck: Send + Sync {
     ///
     /// [`covers`]: BlockCheck::covers
     fn matches(&self, offset_bytes: u64, block: &[u8]) -> bool;
+
+    /// Whether the block at `offset_bytes` is known bad: a resync must not
+    /// adopt it, whatever the row says.
+    fn known_bad(&self, offset_bytes: u64) -> bool;
+
+    /// Records that no copy of the block at `offset_bytes` matched its
+    /// checksum when a write had to encode redundancy from it as it stood,
+    /// so the redundancy now agrees with bad bytes. Durable with the next
+    /// commit; cleared when the block is written. A no-op where
+    /// [`covers`](BlockCheck::covers) is false.
+    fn mark_known_bad(&self, offset_bytes: u64);
 }
 
 /// What a verified read had to do.

@@ -82,7 +82,7 @@ impl ThinVolume {
             return Ok(0);
         }
         let legs = inner.legs(&old);
-        let check = inner.check(&slot);
+        let check = inner.check(&slot, le);
         let mut new = old.clone();
         for &leg in &targets {
             let mut exclude: Vec<PvId> = new.iter().map(|pe| pe.pv).collect();
@@ -202,7 +202,9 @@ impl Inner {
         let legs = self.legs(placement);
         let check = SlotCheck {
             slot,
+            le,
             chunk_bytes: self.geometry.chunk_bytes,
+            dirty: &self.dirty,
         };
         let whole = super::geometry::Piece {
             le,

@@ -127,6 +127,9 @@ struct Slot {
     bits: Mutex<Bits>,
     /// Per-4 KiB-block checksums; empty unless the layout is redundant.
     checksums: Mutex<Vec<u32>>,
+    /// Blocks (index in the extent) known bad: never adopted by a resync
+    /// (see `metadata::ChunkChecksums::known_bad`).
+    known_bad: Mutex<BTreeSet<usize>>,
     /// The placed extent went through `Redundancy::initialize` (or holds
     /// written data, which it did before its first write). Until then the
     /// first write initializes it: a thick LV's extents are placed at
@@ -326,6 +329,9 @@ impl Inner {
                 )));
             }
             checksums[start..start + per_chunk].copy_from_slice(&sums.values);
+            slot.known_bad
+                .lock()
+                .extend(sums.known_bad.iter().map(|&b| start + b as usize));
         }
         Ok(Inner {
             name,
@@ -438,6 +444,12 @@ impl Inner {
             checksums[first + i] = block_checksum(chunk);
         }
         drop(checksums);
+        let mut known_bad = slot.known_bad.lock();
+        if !known_bad.is_empty() {
+            let written = first..first + data.len().div_ceil(IO_ALIGN);
+            known_bad.retain(|b| !written.contains(b));
+        }
+        drop(known_bad);
         let chunk_bytes = self.geometry.chunk_bytes;
         let mut dirty = self.dirty.lock();
         let end = offset_bytes + data.len() as u64;
@@ -584,7 +596,15 @@ fn install(slot: &Slot, entry: ExtentEntry, geometry: &Geometry, checksummed: bo
     slot.bits.lock().written = entry.written;
     slot.ready.store(entry.written != 0, Ordering::Release);
     if checksummed {
-        *slot.checksums.lock() = vec![0; geometry.blocks_per_extent()];
+        slot.reset_checksums(geometry.blocks_per_extent());
+    }
+}
+
+impl Slot {
+    /// `blocks` zero checksums (none for an unmapped extent), nothing known bad.
+    fn reset_checksums(&self, blocks: usize) {
+        *self.checksums.lock() = vec![0; blocks];
+        self.known_bad.lock().clear();
     }
 }
 
@@ -596,6 +616,12 @@ fn chunk_checksums(slot: &Slot, le: u64, chunk: u8, geometry: &Geometry) -> Chun
         le,
         chunk,
         values: slot.checksums.lock()[start..start + per_chunk].to_vec(),
+        known_bad: slot
+            .known_bad
+            .lock()
+            .range(start..start + per_chunk)
+            .map(|&b| (b - start) as u32)
+            .collect(),
     }
 }
 

@@ -15,8 +15,9 @@ use super::{extents_for, unreserve, Lease, Service, State};
 use crate::error::{MetaError, MetaResult};
 use crate::lease::{CommitBatch, LeaseGrant, LeaseToken};
 use crate::model::{
-    checksum_key, decode, encode, id_key, pair_key, split_pair_key, ChunkChecksums, ExtentEntry,
-    LvId, LvRecord, PeAddr, Placement, PvId, CHUNKS_PER_EXTENT,
+    checksum_key, decode, decode_checksums, encode, encode_checksums, id_key, pair_key,
+    split_pair_key, ChunkChecksums, ExtentEntry, LvId, LvRecord, PeAddr, Placement, PvId,
+    CHUNKS_PER_EXTENT,
 };
 
 /// The I/O block, the unit of a checksum.
@@ -87,10 +88,12 @@ impl Service {
             let chunk = *key
                 .get(16)
                 .ok_or_else(|| MetaError::Corrupt("checksum key without a chunk".into()))?;
+            let (values, known_bad) = decode_checksums(&value)?;
             checksums.push(ChunkChecksums {
                 le,
                 chunk,
-                values: decode(&value, "checksums")?,
+                values,
+                known_bad,
             });
         }
         Ok(checksums)
@@ -279,6 +282,10 @@ impl Service {
             if !mapped
                 || u64::from(sums.chunk) >= CHUNKS_PER_EXTENT
                 || sums.values.len() != blocks_per_chunk
+                || sums
+                    .known_bad
+                    .iter()
+                    .any(|&b| b as usize >= blocks_per_chunk)
             {
                 return Err(invalid(format!(
                     "checksums for chunk {} of extent {} do not fit a mapped extent",
@@ -288,7 +295,7 @@ impl Service {
             changes.push(Change::Put(
                 Table::Checksums,
                 checksum_key(lv.id, sums.le, sums.chunk),
-                encode(&sums.values),
+                encode_checksums(&sums.values, &sums.known_bad),
             ));
         }
         let returned: Vec<PeAddr> = batch

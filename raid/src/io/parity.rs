@@ -36,7 +36,9 @@
 //! around, or a lost block rebuilt from K shards that every further
 //! survivor agrees with. Anything else is unrecoverable, and the read fails rather
 //! than guess: outside a resync a row can agree with a bad block only
-//! because rot was read into its parity.
+//! because rot was read into its parity. A block known bad (a write had
+//! to encode parity from it though nothing vouched for it) is never
+//! adopted.
 
 use std::hash::{Hash, Hasher};
 use std::ops::Range;
@@ -209,6 +211,7 @@ impl Parity {
         let matches =
             |shard: usize, data: &[u8]| check.is_none_or(|c| c.matches(offset(shard), data));
         let covered = |shard: usize| check.is_some_and(|c| c.covers(offset(shard)));
+        let known_bad = |shard: usize| check.is_some_and(|c| c.known_bad(offset(shard)));
         let present: Vec<bool> = (0..n).map(|s| column[s].is_some()).collect();
         let missing: Vec<usize> = (0..k).filter(|&s| !present[s]).collect();
         let suspects: Vec<usize> = (0..k)
@@ -252,7 +255,11 @@ impl Parity {
                     adopted: Vec::new(),
                 };
             }
-            if adopt && !parity_present.is_empty() && wrong.is_empty() {
+            if adopt
+                && !parity_present.is_empty()
+                && wrong.is_empty()
+                && !suspects.iter().any(|&s| known_bad(s))
+            {
                 // The row is consistent with the suspects as they are.
                 return Verdict::Good {
                     shards: data.into_iter().chain(parity).collect(),
@@ -334,6 +341,9 @@ impl Parity {
                     continue;
                 }
                 let adopted: Vec<usize> = kept.into_iter().chain(unvouched).collect();
+                if adopted.iter().any(|&s| known_bad(s)) {
+                    continue;
+                }
                 let mut wrong: Vec<usize> = suspects
                     .iter()
                     .copied()
@@ -582,13 +592,35 @@ impl Parity {
             self.codec
                 .reconstruct_data(&mut slices, &present)
                 .map_err(codec_error)?;
-            if check.is_some() {
+            if let Some(check) = check {
                 for at in (0..cols_len).step_by(BLOCK) {
-                    if let Verdict::Good { shards: sound, .. } =
-                        self.resolve(&column, row, cols.start, at, check, false)
-                    {
-                        for (shard, block) in shards.iter_mut().zip(&sound).take(k) {
-                            shard[at..at + BLOCK].copy_from_slice(block);
+                    match self.resolve(&column, row, cols.start, at, Some(check), false) {
+                        Verdict::Good { shards: sound, .. } => {
+                            for (shard, block) in shards.iter_mut().zip(&sound).take(k) {
+                                shard[at..at + BLOCK].copy_from_slice(block);
+                            }
+                        }
+                        // Parity will agree with these blocks as they
+                        // stand: recorded, so no resync takes that
+                        // agreement for a sound row.
+                        Verdict::Unrecoverable => {
+                            let in_unit = cols.start + at as u64;
+                            let overwritten = |shard: usize| {
+                                pieces.iter().any(|(s, range, _)| {
+                                    *s == shard
+                                        && range.start <= in_unit
+                                        && in_unit + BLOCK as u64 <= range.end
+                                })
+                            };
+                            for shard in (0..k).filter(|&s| !overwritten(s)) {
+                                let offset = self.data_offset(row, shard, in_unit);
+                                let sound = column[shard]
+                                    .as_ref()
+                                    .is_some_and(|b| check.matches(offset, &b[at..at + BLOCK]));
+                                if !sound {
+                                    check.mark_known_bad(offset);
+                                }
+                            }
                         }
                     }
                 }
