@@ -2,7 +2,8 @@
 //!
 //! Flushed and FUA data always survives; each unflushed write, discard or
 //! write-zeroes persists whole, torn at 4 KiB granularity, or not at all,
-//! as the seed decides; the same seed decides the same way again.
+//! as the seed decides; the same seed decides the same way again. A
+//! session opened before the crash reaches the disk no more.
 
 use blockvirt::testing::{
     run_seeds, CrashOutcome, CrashReport, OpKind, SimCounters, SimDisk, SimFaults, SEED_ENV,
@@ -248,6 +249,43 @@ fn an_op_in_flight_at_a_crash_fails_and_leaves_no_trace() {
                 ..SimCounters::default()
             }
         );
+    });
+}
+
+/// A session stands for the host that opened it: after a crash, whatever
+/// of the old stack still runs gets errors and changes nothing; a session
+/// of the restarted stack works.
+#[test]
+fn a_session_opened_before_a_crash_is_cut_off_by_it() {
+    simulate(async {
+        let disk = std::sync::Arc::new(SimDisk::new(SIZE, 5));
+        let before = disk.session();
+        let data = pattern(1, BLOCK);
+        let (result, _) = before.write_at(0, data.clone(), WriteFlags::FUA).await;
+        result.unwrap();
+        assert!(before.is_current());
+        disk.crash();
+        assert!(!before.is_current());
+        let (result, _) = before
+            .write_at(BLOCK, pattern(2, BLOCK), WriteFlags::FUA)
+            .await;
+        let err = result.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Io);
+        assert!(err.context().contains("interrupted by a crash"), "{err}");
+        assert!(before.flush().await.is_err());
+        let (result, _) = before.read_at(0, IoBufMut::zeroed(BLOCK as usize)).await;
+        assert!(result.is_err());
+        assert!(disk.stored(BLOCK, BLOCK).iter().all(|&b| b == 0));
+
+        let after = disk.session();
+        let (result, read) = after.read_at(0, IoBufMut::zeroed(BLOCK as usize)).await;
+        result.unwrap();
+        assert_eq!(&read[..], &data[..]);
+        let (result, _) = after
+            .write_at(BLOCK, pattern(3, BLOCK), WriteFlags::FUA)
+            .await;
+        result.unwrap();
+        assert_eq!(disk.stored(BLOCK, BLOCK), pattern(3, BLOCK).to_vec());
     });
 }
 

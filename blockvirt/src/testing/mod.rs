@@ -17,4 +17,6 @@ mod sim;
 
 pub use conformance::{model_run, run_conformance};
 pub use seeds::{run_seeds, SEED_ENV};
-pub use sim::{CrashOutcome, CrashReport, CrashedOp, OpKind, SimCounters, SimDisk, SimFaults};
+pub use sim::{
+    CrashOutcome, CrashReport, CrashedOp, OpKind, SimCounters, SimDisk, SimFaults, SimSession,
+};

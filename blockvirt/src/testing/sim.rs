@@ -12,7 +12,9 @@
 //! - A volatile write cache (`cache.rs`): a completed write is visible at
 //!   once, durable after `flush` or when written with FUA. [`SimDisk::crash`]
 //!   is a power loss: every unflushed op persists whole, torn (a subset of
-//!   its blocks) or not at all, as the seed decides.
+//!   its blocks) or not at all, as the seed decides. A stack opened on
+//!   [`SimDisk::session`] handles loses them at the crash, as a host
+//!   losing power would (`session.rs`).
 //! - Seeded faults ([`SimFaults`], all off by default): I/O errors, silent
 //!   read corruption, latent write corruption, misdirected writes, latency,
 //!   and [`SimDisk::fail`] for a dead disk. [`SimDisk::counters`] says what
@@ -33,6 +35,7 @@
 mod blocks;
 mod cache;
 mod faults;
+mod session;
 mod state;
 
 use async_trait::async_trait;
@@ -42,6 +45,7 @@ use rand::{Rng, SeedableRng};
 
 pub use cache::{CrashOutcome, CrashReport, CrashedOp, OpKind};
 pub use faults::{SimCounters, SimFaults};
+pub use session::SimSession;
 
 use self::blocks::{BlockMap, Content, BLOCK_BYTES};
 use self::cache::{Effect, LoggedOp, WriteCache};
@@ -258,9 +262,18 @@ impl SimDisk {
     }
 
     /// Draws the plan, then sleeps its latency, then takes the lock again
-    /// for the op to run under.
-    async fn begin(&self, op: Op, range: ByteRange) -> (Plan, parking_lot::MutexGuard<'_, State>) {
-        let plan = self.state.lock().plan(op, range, self.info.size_bytes);
+    /// for the op to run under. An op of a power-on (`life`) that a crash
+    /// has ended fails like one the crash interrupted.
+    async fn begin(
+        &self,
+        life: Option<u64>,
+        op: Op,
+        range: ByteRange,
+    ) -> (Plan, parking_lot::MutexGuard<'_, State>) {
+        let mut plan = self.state.lock().plan(op, range, self.info.size_bytes);
+        if let Some(generation) = life {
+            plan.generation = generation;
+        }
         if !plan.delay.is_zero() {
             tokio::time::sleep(plan.delay).await;
         }
@@ -268,20 +281,22 @@ impl SimDisk {
     }
 }
 
-#[async_trait]
-impl BlockDevice for SimDisk {
-    fn info(&self) -> DeviceInfo {
-        self.info
-    }
-
-    async fn read_at(&self, offset_bytes: u64, buf: IoBufMut) -> BufResult<IoBufMut> {
+/// The operations, for the disk's own handle (`life` None: it outlives
+/// crashes) and for a [`SimSession`] (the generation it was opened in).
+impl SimDisk {
+    pub(super) async fn read_in(
+        &self,
+        life: Option<u64>,
+        offset_bytes: u64,
+        buf: IoBufMut,
+    ) -> BufResult<IoBufMut> {
         let mut buf = buf;
         if let Err(e) = self.check_io("read", offset_bytes, buf.len()) {
             return (Err(e), buf);
         }
         let what = format!("read at {offset_bytes}+{}", buf.len());
         let range = ByteRange::new(offset_bytes, buf.len() as u64);
-        let (plan, mut state) = self.begin(Op::Read, range).await;
+        let (plan, mut state) = self.begin(life, Op::Read, range).await;
         if let Err(e) = state.admit(&plan, &what) {
             return (Err(e), buf);
         }
@@ -297,13 +312,19 @@ impl BlockDevice for SimDisk {
         (Ok(()), buf)
     }
 
-    async fn write_at(&self, offset_bytes: u64, buf: IoBuf, flags: WriteFlags) -> BufResult<IoBuf> {
+    pub(super) async fn write_in(
+        &self,
+        life: Option<u64>,
+        offset_bytes: u64,
+        buf: IoBuf,
+        flags: WriteFlags,
+    ) -> BufResult<IoBuf> {
         if let Err(e) = self.check_io("write", offset_bytes, buf.len()) {
             return (Err(e), buf);
         }
         let what = format!("write at {offset_bytes}+{}", buf.len());
         let range = ByteRange::new(offset_bytes, buf.len() as u64);
-        let (plan, mut state) = self.begin(Op::Write, range).await;
+        let (plan, mut state) = self.begin(life, Op::Write, range).await;
         if let Err(e) = state.admit(&plan, &what) {
             return (Err(e), buf);
         }
@@ -347,8 +368,8 @@ impl BlockDevice for SimDisk {
         (Ok(()), buf)
     }
 
-    async fn flush(&self) -> BlockResult<()> {
-        let (plan, mut state) = self.begin(Op::Flush, ByteRange::new(0, 0)).await;
+    pub(super) async fn flush_in(&self, life: Option<u64>) -> BlockResult<()> {
+        let (plan, mut state) = self.begin(life, Op::Flush, ByteRange::new(0, 0)).await;
         state.admit(&plan, "flush")?;
         if plan.error {
             state.counters.flush_errors += 1;
@@ -358,24 +379,34 @@ impl BlockDevice for SimDisk {
         Ok(())
     }
 
-    async fn discard(&self, range: ByteRange) -> BlockResult<()> {
-        self.change(OpKind::Discard, range, Content::Hole).await
+    pub(super) async fn discard_in(&self, life: Option<u64>, range: ByteRange) -> BlockResult<()> {
+        self.change(life, OpKind::Discard, range, Content::Hole)
+            .await
     }
 
-    async fn write_zeroes(&self, range: ByteRange, flags: ZeroFlags) -> BlockResult<()> {
+    pub(super) async fn write_zeroes_in(
+        &self,
+        life: Option<u64>,
+        range: ByteRange,
+        flags: ZeroFlags,
+    ) -> BlockResult<()> {
         // Zeroing is always fast here, so `FAST` never fails.
         let content = if flags.contains(ZeroFlags::NO_HOLE) {
             Content::Zero
         } else {
             Content::Hole
         };
-        self.change(OpKind::WriteZeroes, range, content).await
+        self.change(life, OpKind::WriteZeroes, range, content).await
     }
 
-    async fn block_status(&self, range: ByteRange) -> BlockResult<Vec<StatusExtent>> {
+    pub(super) async fn block_status_in(
+        &self,
+        life: Option<u64>,
+        range: ByteRange,
+    ) -> BlockResult<Vec<StatusExtent>> {
         self.check("block_status", range.offset_bytes, range.len_bytes)?;
         let what = format!("block_status at {}+{}", range.offset_bytes, range.len_bytes);
-        let (plan, mut state) = self.begin(Op::Status, range).await;
+        let (plan, mut state) = self.begin(life, Op::Status, range).await;
         state.admit(&plan, &what)?;
         Ok(state.cache.stored().status(
             range.offset_bytes / BLOCK_BYTES,
@@ -387,14 +418,20 @@ impl BlockDevice for SimDisk {
 impl SimDisk {
     /// Discard and write-zeroes: every block of `range` becomes `content`,
     /// through the cache like a write.
-    async fn change(&self, kind: OpKind, range: ByteRange, content: Content) -> BlockResult<()> {
+    async fn change(
+        &self,
+        life: Option<u64>,
+        kind: OpKind,
+        range: ByteRange,
+        content: Content,
+    ) -> BlockResult<()> {
         let name = match kind {
             OpKind::Discard => "discard",
             _ => "write_zeroes",
         };
         self.check(name, range.offset_bytes, range.len_bytes)?;
         let what = format!("{name} at {}+{}", range.offset_bytes, range.len_bytes);
-        let (plan, mut state) = self.begin(Op::Change, range).await;
+        let (plan, mut state) = self.begin(life, Op::Change, range).await;
         state.admit(&plan, &what)?;
         if plan.error {
             state.counters.write_errors += 1;
@@ -416,5 +453,36 @@ impl SimDisk {
             effects,
         });
         Ok(())
+    }
+}
+
+#[async_trait]
+impl BlockDevice for SimDisk {
+    fn info(&self) -> DeviceInfo {
+        self.info
+    }
+
+    async fn read_at(&self, offset_bytes: u64, buf: IoBufMut) -> BufResult<IoBufMut> {
+        self.read_in(None, offset_bytes, buf).await
+    }
+
+    async fn write_at(&self, offset_bytes: u64, buf: IoBuf, flags: WriteFlags) -> BufResult<IoBuf> {
+        self.write_in(None, offset_bytes, buf, flags).await
+    }
+
+    async fn flush(&self) -> BlockResult<()> {
+        self.flush_in(None).await
+    }
+
+    async fn discard(&self, range: ByteRange) -> BlockResult<()> {
+        self.discard_in(None, range).await
+    }
+
+    async fn write_zeroes(&self, range: ByteRange, flags: ZeroFlags) -> BlockResult<()> {
+        self.write_zeroes_in(None, range, flags).await
+    }
+
+    async fn block_status(&self, range: ByteRange) -> BlockResult<Vec<StatusExtent>> {
+        self.block_status_in(None, range).await
     }
 }

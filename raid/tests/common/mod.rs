@@ -83,14 +83,15 @@ impl World {
         &self.pvs[(id - 1) as usize]
     }
 
-    /// A fresh set of open PVs, as a server builds at start.
+    /// A fresh set of open PVs, as a server builds at start: on sessions
+    /// of this power-on, cut off by the next crash.
     pub fn pv_set(&self) -> PvSet {
         let set = PvSet::default();
         for pv in &self.pvs {
             set.insert(
                 pv.id,
                 PvHandle {
-                    device: pv.disk.clone(),
+                    device: Arc::new(pv.disk.session()),
                     data_offset_bytes: pv.data_offset_bytes,
                 },
                 false,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use blockvirt::testing::{SimDisk, SimFaults};
+use blockvirt::testing::{SimDisk, SimFaults, SimSession};
 use blockvirt::volume::{PvHandle, PvSet, ThinVolume, VolumeOptions};
 use blockvirt::{BlockResult, ByteRange, Checked};
 use metadata::model::{pv_bytes_for, pv_journal_bytes, PV_LABEL_AREA_BYTES};
@@ -168,6 +168,9 @@ impl Pool {
 /// What a server does at start: the service opens from its store (no
 /// leases) and takes back every reservation; every PV opens, failed if
 /// recorded so or dead; the journals are replayed before anything else.
+/// The disks are reached through sessions of this power-on, so nothing
+/// the previous server left running touches them (or the store) after a
+/// crash.
 async fn boot(
     store: &Arc<MemStore>,
     ids: &[PvId],
@@ -184,21 +187,27 @@ async fn boot(
         .map(|pv| pv.id)
         .collect();
     let pvs = PvSet::default();
+    let sessions: Vec<SimSession> = disks.iter().map(SimDisk::session).collect();
     for (i, &id) in ids.iter().enumerate() {
         pvs.insert(
             id,
             PvHandle {
-                device: Arc::new(Checked::new(disks[i].clone())),
+                device: Arc::new(Checked::new(sessions[i].clone())),
                 data_offset_bytes: data_offsets[i],
             },
             recorded_failed.contains(&id) || disks[i].is_failed(),
         );
     }
     // Recorded durably, as the server does, so the allocator avoids the PV
-    // and a restart remembers it.
+    // and a restart remembers it; not by a server that has lost power.
     let recorder = Arc::downgrade(&service);
+    let ids = ids.to_vec();
     pvs.on_failure(move |pv, reason| {
-        if let Some(service) = recorder.upgrade() {
+        let powered = ids
+            .iter()
+            .position(|&id| id == pv)
+            .is_some_and(|i| sessions[i].is_current());
+        if let Some(service) = recorder.upgrade().filter(|_| powered) {
             service.set_pv_failed(pv, reason).unwrap();
         }
     });
