@@ -169,8 +169,8 @@ impl Pool {
 /// leases) and takes back every reservation; every PV opens, failed if
 /// recorded so or dead; the journals are replayed before anything else.
 /// The disks are reached through sessions of this power-on, so nothing
-/// the previous server left running touches them (or the store) after a
-/// crash.
+/// the previous server left running touches them after a crash, nor
+/// records a PV failed.
 async fn boot(
     store: &Arc<MemStore>,
     ids: &[PvId],
