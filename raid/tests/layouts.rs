@@ -724,6 +724,48 @@ async fn a_degraded_partial_row_write_does_not_fold_rot_into_parity() {
     );
 }
 
+/// ec 4+2: a write whose checksum was never committed, in a row whose first
+/// parity block had rotted (the write's parity update carried the rot
+/// along). After a power loss, the other K+1 shards agree on the write's
+/// block: the resync adopts it and rewrites the rotten parity, where
+/// requiring every shard to agree left the block unreadable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unfinished_write_next_to_rotten_parity_is_adopted() {
+    let layout = Layout::Erasure {
+        data: 4,
+        parity: 2,
+        unit_bytes: UNIT,
+    };
+    let mut pool = Pool::new(7, 64, 25).await;
+    pool.service
+        .create_lv("vg", "lv", 4 * MIB, true, layout)
+        .unwrap();
+    let lv = pool.open("lv").await;
+    write(&lv, 0, &pattern(25, 4 * MIB as usize)).await;
+    lv.flush().await.unwrap();
+    let StripeGeometry::Parity(geometry) = StripeGeometry::new(layout, PE).unwrap() else {
+        unreachable!("ec is a parity layout");
+    };
+    let parity_leg = geometry.parity_legs(0).next().unwrap();
+    let placement = lv.placement(0).await.unwrap();
+    let (rotten_disk, rotten_offset) = pool.pe_offset(placement[parity_leg], 4096);
+    pool.disks[rotten_disk].corrupt_block(rotten_offset);
+    let newer = pattern(26, 4096);
+    write(&lv, 4096, &newer).await;
+    // In place and durable, the journal entry retired; the checksum is not.
+    pool.journals.checkpoint_all().await.unwrap();
+    drop(lv);
+    pool.power_loss().await;
+    let lv = pool.open("lv").await;
+    assert!(read(&lv, 4096, 4096).await.unwrap() == newer);
+    let report = lv.scrub_extent(0, false).await.unwrap();
+    assert_eq!(report.unrecoverable, 0, "{report:?}");
+    assert_eq!(
+        report.mismatches, 0,
+        "the resync rewrote the parity: {report:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_an_unclean_shutdown_a_lost_block_the_row_vouches_for_is_adopted() {
     let layout = Layout::Erasure {

@@ -323,7 +323,10 @@ impl Parity {
                 // rebuilt block proved the row sound against a real
                 // checksum, or more shards than the rebuild needed all
                 // agree. A lost block rebuilt to something its checksum
-                // does not know needs the latter.
+                // does not know needs the latter. The shards left out
+                // may be among those that disagree (with M >= 2, a rotten
+                // parity block next to an unfinished write): K+1 shards
+                // that agree still check each other.
                 let kept: Vec<usize> = suspects
                     .iter()
                     .copied()
@@ -332,8 +335,7 @@ impl Parity {
                 let proven = rebuilt
                     .iter()
                     .any(|&s| covered(s) && !unvouched.contains(&s));
-                let agree = excluded.is_empty()
-                    && survivors.iter().filter(|s| **s).count() > k
+                let agree = survivors.iter().filter(|s| **s).count() > k
                     && (k..n).all(|s| !survivors[s] || block(s) == Some(&parity[s - k][..]));
                 let vouched = (kept.is_empty() || adopt && (proven || agree))
                     && (unvouched.is_empty() || adopt && agree);
