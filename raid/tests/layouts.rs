@@ -11,7 +11,7 @@ mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use blockvirt::testing::run_conformance;
+use blockvirt::testing::{run_conformance, SimFaults};
 use blockvirt::{BlockDevice, IoBuf, IoBufMut, WriteFlags};
 use common::pool::{Pool, MIB, PE};
 use metadata::layout::DEFAULT_UNIT_BYTES;
@@ -729,6 +729,65 @@ async fn a_degraded_partial_row_write_does_not_fold_rot_into_parity() {
 /// along). After a power loss, the other K+1 shards agree on the write's
 /// block: the resync adopts it and rewrites the rotten parity, where
 /// requiring every shard to agree left the block unreadable.
+/// The resync adopts what the copies hold, never what one read of them
+/// returned: one disk's reads flip bits (a bad cable) while the resync
+/// settles an unfinished write that reached every copy of 16 blocks. In a
+/// 2-way mirror the flipped read ties with the good copy; in a 3-way mirror
+/// it is outvoted, but the checksum was taken from a rotating re-read; in
+/// ec 4+2 the row rebuilds the block, but the checksum was again re-read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resync_adopts_what_the_copies_hold_not_a_flipped_read() {
+    let layouts = [
+        Layout::Raid1 { copies: 2 },
+        Layout::Raid1 { copies: 3 },
+        Layout::Erasure {
+            data: 4,
+            parity: 2,
+            unit_bytes: UNIT,
+        },
+    ];
+    for layout in layouts {
+        let mut pool = Pool::new(7, 64, 27).await;
+        pool.service
+            .create_lv("vg", "lv", 4 * MIB, true, layout)
+            .unwrap();
+        let lv = pool.open("lv").await;
+        write(&lv, 0, &pattern(27, 4 * MIB as usize)).await;
+        lv.flush().await.unwrap();
+        // On the disks, and its checksums never committed.
+        let newer = pattern(28, 16 * 4096);
+        write(&lv, 0, &newer).await;
+        pool.journals.checkpoint_all().await.unwrap();
+        for disk in &pool.disks {
+            disk.flush().await.unwrap();
+        }
+        // Leg 0 of extent 0: the first copy, or data shard 0.
+        let (flaky, _) = pool.device_offset(&lv, layout, 0, 0).await;
+        drop(lv);
+        pool.power_loss().await;
+        let flipping = SimFaults {
+            read_corruption_probability: 1.0,
+            ..SimFaults::default()
+        };
+        pool.disks[flaky].set_faults(flipping);
+        let lv = pool.open("lv").await;
+        let during = read(&lv, 0, newer.len()).await;
+        pool.disks[flaky].set_faults(SimFaults::default());
+        let during = during.unwrap_or_else(|e| panic!("{layout:?}: {e}"));
+        assert!(during == newer[..], "{layout:?}: read during the resync");
+        assert!(
+            read(&lv, 0, newer.len()).await.unwrap() == newer[..],
+            "{layout:?}: read after it"
+        );
+        let report = lv.scrub_extent(0, false).await.unwrap();
+        assert_eq!(
+            report.mismatches + report.unrecoverable,
+            0,
+            "{layout:?}: {report:?}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unfinished_write_next_to_rotten_parity_is_adopted() {
     let layout = Layout::Erasure {
@@ -763,6 +822,51 @@ async fn an_unfinished_write_next_to_rotten_parity_is_adopted() {
     assert_eq!(
         report.mismatches, 0,
         "the resync rewrote the parity: {report:?}"
+    );
+}
+
+/// ec 4+2: two unfinished writes into one column, whose shard 3 block had
+/// rotted (a partial-row write reads only the shards it writes, so the rot
+/// stayed unseen and parity kept the good bytes). Three data blocks fail
+/// their checksums, one more than parity can rebuild. The resync rebuilds
+/// the rotten block alone, which then matches its checksum and proves the
+/// row, and adopts the two writes; rebuilding all three or none left the
+/// column unreadable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unfinished_writes_next_to_a_rotten_data_block_are_adopted() {
+    let layout = Layout::Erasure {
+        data: 4,
+        parity: 2,
+        unit_bytes: UNIT,
+    };
+    let mut pool = Pool::new(7, 64, 29).await;
+    pool.service
+        .create_lv("vg", "lv", 4 * MIB, true, layout)
+        .unwrap();
+    let lv = pool.open("lv").await;
+    let data = pattern(29, 4 * MIB as usize);
+    write(&lv, 0, &data).await;
+    lv.flush().await.unwrap();
+    let at = 8192u64;
+    let newer = [pattern(30, 4096), pattern(31, 4096)];
+    write(&lv, at, &newer[0]).await;
+    write(&lv, UNIT + at, &newer[1]).await;
+    // In place and durable, the journal entries retired; the checksums not.
+    pool.journals.checkpoint_all().await.unwrap();
+    let (rotten_disk, rotten_offset) = pool.device_offset(&lv, layout, 0, 3 * UNIT + at).await;
+    pool.disks[rotten_disk].corrupt_block(rotten_offset);
+    drop(lv);
+    pool.power_loss().await;
+    let lv = pool.open("lv").await;
+    assert!(read(&lv, at, 4096).await.unwrap() == newer[0]);
+    assert!(read(&lv, UNIT + at, 4096).await.unwrap() == newer[1]);
+    let original = &data[(3 * UNIT + at) as usize..][..4096];
+    assert!(read(&lv, 3 * UNIT + at, 4096).await.unwrap() == original);
+    let report = lv.scrub_extent(0, false).await.unwrap();
+    assert_eq!(
+        report.mismatches + report.unrecoverable,
+        0,
+        "the resync rewrote the rotten block: {report:?}"
     );
 }
 

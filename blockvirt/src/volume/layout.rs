@@ -137,9 +137,12 @@ pub struct ScrubReport {
     pub unrecoverable: u64,
     /// Blocks whose copies agree with each other, or settled on one of
     /// them, but not with the checksum: written before a crash (or a failed
-    /// write) without their checksum being committed (resync only). The
-    /// volume adopts their current content.
-    pub adopted: Vec<u64>,
+    /// write) without their checksum being committed (resync only): each
+    /// block's extent offset and the content its copies now hold, which the
+    /// volume adopts. The content travels with the report: reading it back
+    /// would take one copy's word for it, and a bad read would adopt bytes
+    /// no copy holds.
+    pub adopted: Vec<(u64, Vec<u8>)>,
 }
 
 impl ScrubReport {

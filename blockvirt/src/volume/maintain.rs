@@ -225,19 +225,8 @@ impl Inner {
         self.mismatches
             .fetch_add(report.mismatches, Ordering::Relaxed);
         if mode != ScrubMode::Check {
-            for &offset in &report.adopted {
-                let (result, block) = self
-                    .redundancy
-                    .read(
-                        &legs,
-                        offset,
-                        IoBufMut::zeroed(crate::IO_ALIGN),
-                        None,
-                        false,
-                    )
-                    .await;
-                result?;
-                self.record_checksums(slot, le, offset, &block);
+            for (offset, block) in &report.adopted {
+                self.record_checksums(slot, le, *offset, block);
             }
         }
         Ok(report)

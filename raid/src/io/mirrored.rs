@@ -180,6 +180,36 @@ async fn rewrite(legs: &Legs, targets: &[usize], pe_offset_bytes: u64, data: IoB
     written
 }
 
+/// The block the copies of an unfinished write settle on: the one most of
+/// them hold. Where they disagree, a copy that reads differently again is
+/// left out: a read that flipped bits on the way must neither outvote the
+/// copies nor become the adopted block, which every copy would then be
+/// rewritten with. A copy that cannot be read again (its PV failed since,
+/// on a write) still counts as first read.
+async fn settle(
+    legs: &Legs,
+    copies: &[(usize, IoBufMut)],
+    span_pe_offset_bytes: u64,
+    at: usize,
+) -> Option<Vec<u8>> {
+    let blocks: Vec<&[u8]> = copies.iter().map(|(_, d)| &d[at..at + BLOCK]).collect();
+    if blocks.iter().all(|block| *block == blocks[0]) {
+        return Some(blocks[0].to_vec());
+    }
+    let mut stable: Vec<&[u8]> = Vec::with_capacity(copies.len());
+    for ((leg, _), first) in copies.iter().zip(blocks) {
+        let pe_offset = span_pe_offset_bytes + at as u64;
+        let (result, again) = read_leg(legs, *leg, pe_offset, IoBufMut::zeroed(BLOCK)).await;
+        match result {
+            Ok(()) if again[..] != *first => continue,
+            Ok(()) => {}
+            Err(e) => legs.fail(*leg, &e),
+        }
+        stable.push(first);
+    }
+    (!stable.is_empty()).then(|| most_common(&stable))
+}
+
 /// The block most copies hold (the first of them on a tie).
 fn most_common(blocks: &[&[u8]]) -> Vec<u8> {
     let count = |block: &[u8]| blocks.iter().filter(|other| **other == block).count();
@@ -422,18 +452,14 @@ impl Redundancy for Mirrored {
                     .map(|(_, data)| data[at..at + BLOCK].to_vec());
                 // Copies of an unfinished write differ without any of them
                 // being damaged: settle on one, and count no mismatch.
-                let settled = (matching.is_none()
-                    && mode == ScrubMode::Resync
-                    && copies.len() >= 2)
-                    .then(|| {
-                        let blocks: Vec<&[u8]> = copies
-                            .iter()
-                            .map(|(_, data)| &data[at..at + BLOCK])
-                            .collect();
-                        most_common(&blocks)
-                    });
-                if settled.is_some() {
-                    report.adopted.push(block_offset);
+                let settled =
+                    if matching.is_none() && mode == ScrubMode::Resync && copies.len() >= 2 {
+                        settle(legs, &copies, span.pe_offset_bytes, at).await
+                    } else {
+                        None
+                    };
+                if let Some(settled) = &settled {
+                    report.adopted.push((block_offset, settled.clone()));
                 }
                 let good = matching.or(settled.clone());
                 let disagree = |good: &[u8]| -> Vec<usize> {

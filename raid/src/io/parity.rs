@@ -272,12 +272,18 @@ impl Parity {
         // they are, leaving out unchecked shards in turn in case one is bad.
         let m = n - k;
         let mut tried: Vec<Vec<usize>> = Vec::new();
-        for rebuild_suspects in [true, false] {
-            let base: Vec<usize> = if rebuild_suspects {
-                missing.iter().chain(&suspects).copied().collect()
-            } else {
-                missing.clone()
-            };
+        // Every suspect rebuilt first. In a resync, fewer in turn (the
+        // most first), the rest kept as they are: an unfinished write's
+        // blocks next to one that rotted, which the row rebuilds to match
+        // its checksum.
+        let mut rebuild_sets = if adopt {
+            subsets(&suspects, m.saturating_sub(missing.len()))
+        } else {
+            vec![Vec::new(), suspects.clone()]
+        };
+        rebuild_sets.reverse();
+        for rebuilt_suspects in rebuild_sets {
+            let base: Vec<usize> = missing.iter().chain(&rebuilt_suspects).copied().collect();
             if base.len() > m {
                 continue;
             }
@@ -311,12 +317,18 @@ impl Parity {
                     .copied()
                     .filter(|&s| !matches(s, &shards[s]))
                     .collect();
-                if unvouched.iter().any(|&s| present[s]) {
-                    continue;
-                }
                 let Some(parity) = encode(&shards[..k]) else {
                     continue;
                 };
+                let agree = survivors.iter().filter(|s| **s).count() > k
+                    && (k..n).all(|s| !survivors[s] || block(s) == Some(&parity[s - k][..]));
+                // A present block rebuilt to something else that its
+                // checksum does not know either: the row outvotes it only
+                // in a resync with shards to spare (it rotted, or the read
+                // of it flipped bits, after an unfinished write).
+                if unvouched.iter().any(|&s| present[s]) && !(adopt && agree) {
+                    continue;
+                }
                 // Blocks that fail their checksums stand only in a resync
                 // (written before the crash, their checksums not
                 // committed), and only where the row vouches for them: a
@@ -335,8 +347,6 @@ impl Parity {
                 let proven = rebuilt
                     .iter()
                     .any(|&s| covered(s) && !unvouched.contains(&s));
-                let agree = survivors.iter().filter(|s| **s).count() > k
-                    && (k..n).all(|s| !survivors[s] || block(s) == Some(&parity[s - k][..]));
                 let vouched = (kept.is_empty() || adopt && (proven || agree))
                     && (unvouched.is_empty() || adopt && agree);
                 if !vouched {
@@ -953,9 +963,11 @@ impl Redundancy for Parity {
                         for shard in wrong {
                             rewrites.push((shard, at as u64, IoBuf::copy_from(&shards[shard])));
                         }
-                        report
-                            .adopted
-                            .extend(adopted.iter().map(|&s| self.data_offset(row, s, at as u64)));
+                        report.adopted.extend(
+                            adopted.iter().map(|&s| {
+                                (self.data_offset(row, s, at as u64), shards[s].to_vec())
+                            }),
+                        );
                     }
                     Verdict::Unrecoverable => report.unrecoverable += 1,
                 }
