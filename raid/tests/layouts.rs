@@ -734,7 +734,8 @@ async fn a_degraded_partial_row_write_does_not_fold_rot_into_parity() {
 /// settles an unfinished write that reached every copy of 16 blocks. In a
 /// 2-way mirror the flipped read ties with the good copy; in a 3-way mirror
 /// it is outvoted, but the checksum was taken from a rotating re-read; in
-/// ec 4+2 the row rebuilds the block, but the checksum was again re-read.
+/// ec 4+2 the flipped block left its column unresolved until the resync
+/// read the column again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resync_adopts_what_the_copies_hold_not_a_flipped_read() {
     let layouts = [
@@ -867,6 +868,49 @@ async fn unfinished_writes_next_to_a_rotten_data_block_are_adopted() {
         report.mismatches + report.unrecoverable,
         0,
         "the resync rewrote the rotten block: {report:?}"
+    );
+}
+
+/// raid5: a write whose journal append went astray (a misdirected write on
+/// the parity PV, which also took its parity update), its data in place
+/// and made durable by a flush. The row's previous entry, logged before an
+/// earlier flush, must not be replayed over it after a power loss: every
+/// commit retires the entries its flush made durable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flushed_write_is_not_rolled_back_by_an_older_journal_entry() {
+    let layout = Layout::Raid5 {
+        stripes: 2,
+        unit_bytes: UNIT,
+    };
+    let mut pool = Pool::new(4, 64, 31).await;
+    pool.service
+        .create_lv("vg", "lv", 4 * MIB, true, layout)
+        .unwrap();
+    let lv = pool.open("lv").await;
+    write(&lv, 0, &pattern(31, 4 * MIB as usize)).await;
+    write(&lv, 0, &pattern(32, 4096)).await;
+    lv.flush().await.unwrap();
+    let StripeGeometry::Parity(geometry) = StripeGeometry::new(layout, PE).unwrap() else {
+        unreachable!("raid5 is a parity layout");
+    };
+    let parity_leg = geometry.parity_legs(0).next().unwrap();
+    let placement = lv.placement(0).await.unwrap();
+    let (parity_disk, _) = pool.pe_offset(placement[parity_leg], 0);
+    let astray = SimFaults {
+        misdirected_write_probability: 1.0,
+        ..SimFaults::default()
+    };
+    pool.disks[parity_disk].set_faults(astray);
+    let newer = pattern(33, 4096);
+    write(&lv, 0, &newer).await;
+    pool.disks[parity_disk].set_faults(SimFaults::default());
+    lv.flush().await.unwrap();
+    drop(lv);
+    pool.power_loss().await;
+    let lv = pool.open("lv").await;
+    assert!(
+        read(&lv, 0, 4096).await.unwrap() == newer,
+        "the flushed write stands"
     );
 }
 

@@ -2,6 +2,12 @@
 //! background tasks (periodic commit, lease renewal).
 //!
 //! Crash ordering of one commit:
+//! 0. if anything was written, let the layout retire its stripe journal's
+//!    entries (their in-place writes complete and flushed) before the
+//!    dirty set is taken, so the checksums taken next cover the writes
+//!    whose entries are gone. An entry kept past the flush that made its
+//!    writes durable could only roll its row back, replayed over newer
+//!    data whose own entry was lost (a journal append gone astray);
 //! 1. take the dirty set: extents whose map entry changed, chunks whose
 //!    checksums changed, PVs written since the last commit;
 //! 2. snapshot those extents (placement, chunk bits, change count, under
@@ -32,7 +38,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use futures::future::join_all;
-use metadata::{CommitBatch, ExtentEntry, MapChange, PeAddr, PvId};
+use metadata::{CommitBatch, ExtentEntry, MapChange, PeAddr, Placement, PvId};
 
 use super::{chunk_checksums, meta_error, Inner, Slot};
 use crate::error::{BlockResult, ErrorKind};
@@ -48,7 +54,7 @@ pub(super) struct Dirty {
     /// back those that were never committed.
     pub returned: Vec<PeAddr>,
     /// A placement was unmapped or replaced: the layout's barrier runs
-    /// before the commit.
+    /// before the commit even if nothing was written.
     pub placements_released: bool,
 }
 
@@ -80,6 +86,9 @@ impl Inner {
     }
 
     async fn commit_once(&self) -> BlockResult<()> {
+        if !self.dirty.lock().pvs.is_empty() {
+            self.redundancy.barrier().await?;
+        }
         let Dirty {
             extents,
             mut pvs,
@@ -134,9 +143,21 @@ impl Inner {
             checksum_chunks.extend(now);
             dirty.checksum_chunks = later;
         }
+        // An extent unmapped, or mapped anew, since its snapshot: its
+        // checksums belong to what the next commit records.
+        let recorded: BTreeMap<u64, Option<&Placement>> = batch
+            .extents
+            .iter()
+            .map(|change| (change.le, change.entry.as_ref().map(|e| &e.placement)))
+            .collect();
+        let mut deferred = Vec::new();
         for (le, chunk) in checksum_chunks {
             let slot = self.slot(le);
             let guard = slot.placement.read().await;
+            if recorded.get(&le).is_some_and(|&at| at != guard.as_ref()) {
+                deferred.push((le, chunk));
+                continue;
+            }
             if let Some(placement) = guard.as_ref() {
                 if !slot.checksums.lock().is_empty() {
                     pvs.extend(placement.iter().map(|pe| pe.pv));
@@ -146,6 +167,7 @@ impl Inner {
                 }
             }
         }
+        self.dirty.lock().checksum_chunks.extend(deferred);
         self.flush_pvs(&pvs).await?;
         if placements_released {
             self.redundancy.barrier().await?;

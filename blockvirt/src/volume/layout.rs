@@ -225,8 +225,9 @@ pub trait Redundancy: Send + Sync + std::fmt::Debug {
         mode: ScrubMode,
     ) -> BlockResult<ScrubReport>;
 
-    /// Before placements are freed or replaced, everything that could still
-    /// write to them after a restart (a stripe journal) is retired.
+    /// Retires everything that could still write to the legs after a
+    /// restart (a stripe journal). Called by every commit that follows
+    /// writes, and before placements are freed or replaced.
     async fn barrier(&self) -> BlockResult<()>;
 
     /// Readies a newly allocated placed extent before its first write.

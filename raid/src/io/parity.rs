@@ -60,6 +60,9 @@ use crate::journal::{JournalEntry, JournalSet, JournalWrite, RowKey};
 /// Row locks per layout (striped: two rows may share one).
 const ROW_LOCKS: usize = 1024;
 
+/// Times a resync reads a column again that looks beyond repair.
+const RESYNC_REREADS: usize = 2;
+
 /// Largest journal entry payload a row update makes (a quarter of the
 /// smallest journal ring).
 const MAX_ENTRY_BYTES: u64 = 256 << 10;
@@ -317,18 +320,18 @@ impl Parity {
                     .copied()
                     .filter(|&s| !matches(s, &shards[s]))
                     .collect();
+                // A present block rebuilt to something else its checksum
+                // does not know either is not outvoted, however many shards
+                // agree: parity updated by delta from an unverified read of
+                // it (a chunk not yet written) agrees with the rot.
+                if unvouched.iter().any(|&s| present[s]) {
+                    continue;
+                }
                 let Some(parity) = encode(&shards[..k]) else {
                     continue;
                 };
                 let agree = survivors.iter().filter(|s| **s).count() > k
                     && (k..n).all(|s| !survivors[s] || block(s) == Some(&parity[s - k][..]));
-                // A present block rebuilt to something else that its
-                // checksum does not know either: the row outvotes it only
-                // in a resync with shards to spare (it rotted, or the read
-                // of it flipped bits, after an unfinished write).
-                if unvouched.iter().any(|&s| present[s]) && !(adopt && agree) {
-                    continue;
-                }
                 // Blocks that fail their checksums stand only in a resync
                 // (written before the crash, their checksums not
                 // committed), and only where the row vouches for them: a
@@ -863,24 +866,13 @@ impl Redundancy for Parity {
         .await
     }
 
-    async fn release(&self, legs: &Legs, offset_bytes: u64, len_bytes: u64) -> BlockResult<()> {
-        // Punching part of a row would leave its parity describing data
-        // that is gone; only a whole extent (all of it zeroes afterwards,
-        // parity included) gives space back.
-        if offset_bytes != 0 || len_bytes != self.extent_bytes() {
-            return Ok(());
-        }
-        let discards = (0..self.shards()).map(|leg| async move {
-            if let Ok((device, base)) = legs.device(leg) {
-                if let Err(e) = device
-                    .discard(ByteRange::new(base, self.geometry.pe_bytes()))
-                    .await
-                {
-                    tracing::warn!("releasing space on PV id {}: {e}", legs.legs[leg].pv);
-                }
-            }
-        });
-        join_all(discards).await;
+    async fn release(&self, _legs: &Legs, _offset_bytes: u64, _len_bytes: u64) -> BlockResult<()> {
+        // Nothing is punched. Part of a row would leave its parity
+        // describing data that is gone. A whole extent is released before
+        // the commit that unmaps it, and a power loss in between leaves the
+        // durable map holding it with rows the discards tore (the data of
+        // one shard gone, another's kept). Its PEs give their space back
+        // when they are placed again: `initialize` writes zeroes over them.
         Ok(())
     }
 
@@ -949,11 +941,23 @@ impl Redundancy for Parity {
         let end_row = (offset_bytes + len_bytes).div_ceil(self.geometry.row_bytes());
         for row in first_row..end_row {
             let _row = self.row_lock(legs, row).lock().await;
-            let column = self.read_column(legs, row, 0, unit).await;
+            let mut column = self.read_column(legs, row, 0, unit).await;
             let mut rewrites: Vec<(usize, u64, IoBuf)> = Vec::new();
+            let resync = mode == ScrubMode::Resync;
             for at in (0..unit as usize).step_by(BLOCK) {
                 report.blocks_checked += self.k() as u64;
-                match self.resolve(&column, row, 0, at, Some(check), mode == ScrubMode::Resync) {
+                let mut verdict = self.resolve(&column, row, 0, at, Some(check), resync);
+                // A read that flipped bits on the way makes a column look
+                // beyond repair, and only a resync can adopt an unfinished
+                // write: it reads the column again before giving up.
+                for _ in 0..RESYNC_REREADS {
+                    if !resync || !matches!(verdict, Verdict::Unrecoverable) {
+                        break;
+                    }
+                    column = self.read_column(legs, row, 0, unit).await;
+                    verdict = self.resolve(&column, row, 0, at, Some(check), resync);
+                }
+                match verdict {
                     Verdict::Good {
                         shards,
                         wrong,
