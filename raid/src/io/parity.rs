@@ -330,8 +330,6 @@ impl Parity {
                 let Some(parity) = encode(&shards[..k]) else {
                     continue;
                 };
-                let agree = survivors.iter().filter(|s| **s).count() > k
-                    && (k..n).all(|s| !survivors[s] || block(s) == Some(&parity[s - k][..]));
                 // Blocks that fail their checksums stand only in a resync
                 // (written before the crash, their checksums not
                 // committed), and only where the row vouches for them: a
@@ -350,6 +348,8 @@ impl Parity {
                 let proven = rebuilt
                     .iter()
                     .any(|&s| covered(s) && !unvouched.contains(&s));
+                let agree = survivors.iter().filter(|s| **s).count() > k
+                    && (k..n).all(|s| !survivors[s] || block(s) == Some(&parity[s - k][..]));
                 let vouched = (kept.is_empty() || adopt && (proven || agree))
                     && (unvouched.is_empty() || adopt && agree);
                 if !vouched {
