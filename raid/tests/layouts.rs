@@ -12,6 +12,7 @@ mod common;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use blockvirt::testing::{run_conformance, SimFaults};
+use blockvirt::volume::ThinVolume;
 use blockvirt::{BlockDevice, IoBuf, IoBufMut, WriteFlags};
 use common::pool::{Pool, MIB, PE};
 use metadata::layout::DEFAULT_UNIT_BYTES;
@@ -19,6 +20,39 @@ use metadata::Layout;
 use raid::StripeGeometry;
 
 const UNIT: u64 = 64 << 10;
+
+const EC_4_2: Layout = Layout::Erasure {
+    data: 4,
+    parity: 2,
+    unit_bytes: UNIT,
+};
+
+/// Disk and device offset of byte `offset` of row 0's first parity block
+/// in extent 0 of `lv` (a parity layout).
+async fn first_parity_block(
+    pool: &Pool,
+    lv: &ThinVolume,
+    layout: Layout,
+    offset: u64,
+) -> (usize, u64) {
+    let StripeGeometry::Parity(geometry) = StripeGeometry::new(layout, PE).unwrap() else {
+        unreachable!("{layout:?} is not a parity layout");
+    };
+    let parity_leg = geometry.parity_legs(0).next().unwrap();
+    let placement = lv.placement(0).await.unwrap();
+    pool.pe_offset(placement[parity_leg], offset)
+}
+
+/// A pool of `disks` PVs of 64 PEs with a 4 MiB thin LV "lv" of `layout`,
+/// opened.
+async fn pool_with_lv(disks: usize, seed: u64, layout: Layout) -> (Pool, ThinVolume) {
+    let pool = Pool::new(disks, 64, seed).await;
+    pool.service
+        .create_lv("vg", "lv", 4 * MIB, true, layout)
+        .unwrap();
+    let lv = pool.open("lv").await;
+    (pool, lv)
+}
 
 fn redundant_layouts() -> Vec<Layout> {
     vec![
@@ -689,16 +723,8 @@ async fn after_an_unclean_shutdown_disagreeing_copies_settle_on_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_degraded_partial_row_write_does_not_fold_rot_into_parity() {
-    let layout = Layout::Erasure {
-        data: 4,
-        parity: 2,
-        unit_bytes: UNIT,
-    };
-    let pool = Pool::new(7, 64, 21).await;
-    pool.service
-        .create_lv("vg", "lv", 4 * MIB, true, layout)
-        .unwrap();
-    let lv = pool.open("lv").await;
+    let layout = EC_4_2;
+    let (pool, lv) = pool_with_lv(7, 21, layout).await;
     let data = pattern(21, 4 * MIB as usize);
     write(&lv, 0, &data).await;
     lv.flush().await.unwrap();
@@ -748,11 +774,7 @@ async fn a_resync_adopts_what_the_copies_hold_not_a_flipped_read() {
         },
     ];
     for layout in layouts {
-        let mut pool = Pool::new(7, 64, 27).await;
-        pool.service
-            .create_lv("vg", "lv", 4 * MIB, true, layout)
-            .unwrap();
-        let lv = pool.open("lv").await;
+        let (mut pool, lv) = pool_with_lv(7, 27, layout).await;
         write(&lv, 0, &pattern(27, 4 * MIB as usize)).await;
         lv.flush().await.unwrap();
         // On the disks, and its checksums never committed.
@@ -791,24 +813,11 @@ async fn a_resync_adopts_what_the_copies_hold_not_a_flipped_read() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unfinished_write_next_to_rotten_parity_is_adopted() {
-    let layout = Layout::Erasure {
-        data: 4,
-        parity: 2,
-        unit_bytes: UNIT,
-    };
-    let mut pool = Pool::new(7, 64, 25).await;
-    pool.service
-        .create_lv("vg", "lv", 4 * MIB, true, layout)
-        .unwrap();
-    let lv = pool.open("lv").await;
+    let layout = EC_4_2;
+    let (mut pool, lv) = pool_with_lv(7, 25, layout).await;
     write(&lv, 0, &pattern(25, 4 * MIB as usize)).await;
     lv.flush().await.unwrap();
-    let StripeGeometry::Parity(geometry) = StripeGeometry::new(layout, PE).unwrap() else {
-        unreachable!("ec is a parity layout");
-    };
-    let parity_leg = geometry.parity_legs(0).next().unwrap();
-    let placement = lv.placement(0).await.unwrap();
-    let (rotten_disk, rotten_offset) = pool.pe_offset(placement[parity_leg], 4096);
+    let (rotten_disk, rotten_offset) = first_parity_block(&pool, &lv, layout, 4096).await;
     pool.disks[rotten_disk].corrupt_block(rotten_offset);
     let newer = pattern(26, 4096);
     write(&lv, 4096, &newer).await;
@@ -835,16 +844,8 @@ async fn an_unfinished_write_next_to_rotten_parity_is_adopted() {
 /// column unreadable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unfinished_writes_next_to_a_rotten_data_block_are_adopted() {
-    let layout = Layout::Erasure {
-        data: 4,
-        parity: 2,
-        unit_bytes: UNIT,
-    };
-    let mut pool = Pool::new(7, 64, 29).await;
-    pool.service
-        .create_lv("vg", "lv", 4 * MIB, true, layout)
-        .unwrap();
-    let lv = pool.open("lv").await;
+    let layout = EC_4_2;
+    let (mut pool, lv) = pool_with_lv(7, 29, layout).await;
     let data = pattern(29, 4 * MIB as usize);
     write(&lv, 0, &data).await;
     lv.flush().await.unwrap();
@@ -882,20 +883,11 @@ async fn a_flushed_write_is_not_rolled_back_by_an_older_journal_entry() {
         stripes: 2,
         unit_bytes: UNIT,
     };
-    let mut pool = Pool::new(4, 64, 31).await;
-    pool.service
-        .create_lv("vg", "lv", 4 * MIB, true, layout)
-        .unwrap();
-    let lv = pool.open("lv").await;
+    let (mut pool, lv) = pool_with_lv(4, 31, layout).await;
     write(&lv, 0, &pattern(31, 4 * MIB as usize)).await;
     write(&lv, 0, &pattern(32, 4096)).await;
     lv.flush().await.unwrap();
-    let StripeGeometry::Parity(geometry) = StripeGeometry::new(layout, PE).unwrap() else {
-        unreachable!("raid5 is a parity layout");
-    };
-    let parity_leg = geometry.parity_legs(0).next().unwrap();
-    let placement = lv.placement(0).await.unwrap();
-    let (parity_disk, _) = pool.pe_offset(placement[parity_leg], 0);
+    let (parity_disk, _) = first_parity_block(&pool, &lv, layout, 0).await;
     let astray = SimFaults {
         misdirected_write_probability: 1.0,
         ..SimFaults::default()
@@ -916,17 +908,9 @@ async fn a_flushed_write_is_not_rolled_back_by_an_older_journal_entry() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_an_unclean_shutdown_a_lost_block_the_row_vouches_for_is_adopted() {
-    let layout = Layout::Erasure {
-        data: 4,
-        parity: 2,
-        unit_bytes: UNIT,
-    };
+    let layout = EC_4_2;
     for unclean in [true, false] {
-        let mut pool = Pool::new(7, 64, 23).await;
-        pool.service
-            .create_lv("vg", "lv", 4 * MIB, true, layout)
-            .unwrap();
-        let lv = pool.open("lv").await;
+        let (mut pool, lv) = pool_with_lv(7, 23, layout).await;
         write(&lv, 0, &pattern(23, 4 * MIB as usize)).await;
         lv.flush().await.unwrap();
         // A write whose data and parity reached the disks but whose
@@ -959,16 +943,8 @@ async fn after_an_unclean_shutdown_a_lost_block_the_row_vouches_for_is_adopted()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rot_in_an_unwritten_chunk_does_not_block_rebuilding_a_lost_block() {
-    let layout = Layout::Erasure {
-        data: 4,
-        parity: 2,
-        unit_bytes: UNIT,
-    };
-    let pool = Pool::new(7, 64, 23).await;
-    pool.service
-        .create_lv("vg", "lv", 4 * MIB, true, layout)
-        .unwrap();
-    let lv = pool.open("lv").await;
+    let layout = EC_4_2;
+    let (pool, lv) = pool_with_lv(7, 23, layout).await;
     // Only shard 0 of row 0 is written; shard 3's chunk stays unwritten,
     // so no checksum covers its bytes, which still count in parity.
     let data = pattern(23, UNIT as usize);
@@ -1003,11 +979,7 @@ async fn rot_a_write_had_to_fold_into_parity_is_never_adopted() {
         parity: 1,
         unit_bytes: UNIT,
     };
-    let mut pool = Pool::new(4, 64, 25).await;
-    pool.service
-        .create_lv("vg", "lv", 4 * MIB, true, layout)
-        .unwrap();
-    let lv = pool.open("lv").await;
+    let (mut pool, lv) = pool_with_lv(4, 25, layout).await;
     let data = pattern(25, 2 * UNIT as usize);
     write(&lv, 0, &data).await;
     lv.flush().await.unwrap();
