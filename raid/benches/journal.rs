@@ -121,6 +121,7 @@ fn journal(c: &mut Criterion) {
                 data: data.clone(),
             },
         ],
+        intent: None,
     };
 
     let mut group = c.benchmark_group("journal");

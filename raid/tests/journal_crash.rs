@@ -160,6 +160,7 @@ async fn worker(
         let entry = JournalEntry {
             row: plan.key,
             writes: writes.clone(),
+            intent: None,
         };
         model.borrow_mut().rows[row].pending = Some(subset.iter().map(|&i| (i, version)).collect());
         let tickets = set.log(&plan.journal_pvs, &entry).await.expect("log");

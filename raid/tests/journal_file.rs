@@ -86,6 +86,7 @@ fn row_entry(i: u64, version: u64) -> JournalEntry {
             row: i,
         },
         writes: vec![data(2), data(1)],
+        intent: None,
     }
 }
 

@@ -355,11 +355,12 @@ fn a_newer_format_is_refused_and_left_as_it_is() {
     let world = world(1);
     let rt = runtime();
     rt.block_on(recovered(&world));
-    // Recovery wrote slot 1. Make it a version 2 header with a valid checksum.
+    // Recovery wrote slot 1. Make it a header of the next version, with a
+    // valid checksum.
     let disk = &world.pv(1).disk;
     let at = world.pv(1).region.offset_bytes + BLOCK;
     let mut block = disk.stored(at, BLOCK);
-    block[8..12].copy_from_slice(&2u32.to_le_bytes());
+    block[8..12].copy_from_slice(&(raid::journal::FORMAT_VERSION + 1).to_le_bytes());
     let crc = crc32c::crc32c(&block[..4092]);
     block[4092..].copy_from_slice(&crc.to_le_bytes());
     rt.block_on(async {

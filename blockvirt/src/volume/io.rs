@@ -41,6 +41,14 @@ impl BlockCheck for SlotCheck<'_> {
         block_checksum(block) == expected
     }
 
+    fn expected(&self, offset_bytes: u64) -> Option<u32> {
+        let block = (offset_bytes / IO_ALIGN as u64) as usize;
+        if !self.covers(offset_bytes) || self.slot.known_bad.lock().contains(&block) {
+            return None;
+        }
+        Some(self.slot.checksums.lock()[block])
+    }
+
     fn known_bad(&self, offset_bytes: u64) -> bool {
         self.slot
             .known_bad

@@ -93,6 +93,11 @@ pub trait BlockCheck: Send + Sync {
     /// [`covers`]: BlockCheck::covers
     fn matches(&self, offset_bytes: u64, block: &[u8]) -> bool;
 
+    /// The checksum of what was last written to the block at
+    /// `offset_bytes`; `None` where any bytes will do (not covered, or
+    /// known bad).
+    fn expected(&self, offset_bytes: u64) -> Option<u32>;
+
     /// Whether the block at `offset_bytes` is known bad: a resync must not
     /// adopt it, whatever the row says.
     fn known_bad(&self, offset_bytes: u64) -> bool;

@@ -9,16 +9,20 @@
 //!          ─▶ data and parity in place ─▶ entry completed
 //! ```
 //!
-//! Crash rule (no write hole): every byte a row update puts in place is in
-//! a durable journal entry before the first in-place write starts, so
-//! after a crash the replay makes every row that was mid-update consistent
-//! again before anything reads it. Full-row writes too (their parity comes
-//! from the new data alone, but their in-place writes tear like any
-//! other): a torn one would leave shards of both versions, parity matching
-//! neither, and more shards failing their (old) checksums than parity can
-//! rebuild. Only a row whose parity legs are all lost goes unjournaled:
-//! it has no redundancy left to keep. Placements are freed only after
-//! `barrier` retired every entry.
+//! Crash rule (no write hole): every byte a partial-row update puts in
+//! place is in a durable journal entry before the first in-place write
+//! starts, so after a crash the replay makes every row that was mid-update
+//! consistent again before anything reads it. A full-row write with one
+//! parity shard logs an *intent* instead (`logs_intents` says why only
+//! then): the checksums of its new blocks and of what they overwrite, not
+//! the bytes (its parity comes from the new data alone, so only the
+//! tearing of its in-place writes needs guarding). Recovery then
+//! re-encodes the row's parity from data that is each block's old or new
+//! version (`journal/intent.rs`). An intent cannot bring bytes back, so a
+//! row's intent is retired (its writes flushed) before anything else of
+//! the row is logged. Only a row whose parity legs are all lost goes
+//! unjournaled: it has no redundancy left to keep. Placements are freed
+//! only after `barrier` retired every entry.
 //!
 //! One lock per row (striped over a fixed table) orders writes, degraded
 //! reads and repairs of the same row, so no one reconstructs from a row
@@ -55,7 +59,7 @@ use metadata::{Layout, PeAddr, PvId};
 use super::verify::{failing_blocks, join, split, unrecoverable, BLOCK};
 use crate::codec::ErasureCodec;
 use crate::geometry::{LegContent, ParityGeometry, RowSpan, Span, StripeGeometry};
-use crate::journal::{JournalEntry, JournalSet, JournalWrite, RowKey};
+use crate::journal::{JournalEntry, JournalSet, JournalWrite, RowCodec, RowIntent, RowKey};
 
 /// Row locks per layout (striped: two rows may share one).
 const ROW_LOCKS: usize = 1024;
@@ -66,6 +70,18 @@ const RESYNC_REREADS: usize = 2;
 /// Largest journal entry payload a row update makes (a quarter of the
 /// smallest journal ring).
 const MAX_ENTRY_BYTES: u64 = 256 << 10;
+
+/// What a row update covers, which decides how it is journaled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RowWrite {
+    /// Part of the row: parity updated from the old bytes; the new bytes
+    /// are journaled.
+    Partial,
+    /// The whole row, its bytes journaled (M >= 2, see `logs_intents`).
+    Full,
+    /// The whole row, journaled as an intent (checksums only).
+    FullWithIntent,
+}
 
 #[derive(Debug)]
 pub struct Parity {
@@ -121,6 +137,18 @@ impl Parity {
     }
 
     /// Identifies row `row` of this placed extent (by its first leg's PE).
+    /// Whether full-row writes log intents rather than their bytes: only
+    /// with one parity shard. Recovery cannot rebuild a lost leg's block
+    /// of a row an intent's write tore (the other data blocks mix both
+    /// versions and no parity matches them), so an intent turns a crash
+    /// plus one lost leg into unreadable blocks in the range written. With
+    /// M = 1 that loss is the layout's whole tolerance, where md's PPL
+    /// gives the same; with M >= 2 one lost leg leaves tolerance to spare,
+    /// which journaled bytes keep.
+    fn logs_intents(&self) -> bool {
+        self.geometry.parity_shards() == 1
+    }
+
     fn row_key(&self, legs: &Legs, row: u64) -> RowKey {
         RowKey {
             pe: PeAddr {
@@ -491,11 +519,16 @@ impl Parity {
         } else {
             rs.unit_range_bytes.clone()
         };
+        let intent = rs.full && self.logs_intents();
         // Parity is computed byte by byte, so a row can be updated in
         // column slices; each slice's journal entry stays well inside the
-        // smallest journal ring.
-        let slice_bytes = ((MAX_ENTRY_BYTES / self.shards() as u64) / BLOCK as u64 * BLOCK as u64)
-            .max(BLOCK as u64);
+        // smallest journal ring. An intent is only checksums: one slice.
+        let slice_bytes = if intent {
+            unit
+        } else {
+            ((MAX_ENTRY_BYTES / self.shards() as u64) / BLOCK as u64 * BLOCK as u64)
+                .max(BLOCK as u64)
+        };
         let mut start = hull.start;
         while start < hull.end {
             let cols = start..(start + slice_bytes).min(hull.end);
@@ -511,7 +544,12 @@ impl Parity {
                 })
                 .collect();
             if !in_slice.is_empty() {
-                self.write_slice(legs, row, cols.clone(), in_slice, rs.full, flags, check)
+                let kind = match (rs.full, intent) {
+                    (false, _) => RowWrite::Partial,
+                    (true, false) => RowWrite::Full,
+                    (true, true) => RowWrite::FullWithIntent,
+                };
+                self.write_slice(legs, row, cols.clone(), in_slice, kind, flags, check)
                     .await?;
             }
             start = cols.end;
@@ -528,7 +566,7 @@ impl Parity {
         row: u64,
         cols: Range<u64>,
         pieces: Vec<(usize, Range<u64>, IoBuf)>,
-        full: bool,
+        kind: RowWrite,
         flags: WriteFlags,
         check: Option<&dyn BlockCheck>,
     ) -> BlockResult<()> {
@@ -539,7 +577,7 @@ impl Parity {
         // read and resolved.
         let mut whole_column = !(0..n).all(|s| legs.is_online(self.geometry.shard_leg(row, s)));
         let parity: Vec<Vec<u8>> = loop {
-            if full {
+            if kind != RowWrite::Partial {
                 let inputs: Vec<&[u8]> = pieces.iter().map(|(_, _, bytes)| &bytes[..]).collect();
                 let mut parity = vec![vec![0u8; cols_len]; n - k];
                 let mut outputs: Vec<&mut [u8]> =
@@ -676,19 +714,31 @@ impl Parity {
             if parity_pvs.is_empty() {
                 break (online, None);
             }
-            let entry = JournalEntry {
-                row: self.row_key(legs, row),
-                writes: online
-                    .iter()
-                    .map(|(shard, in_unit, bytes)| {
-                        let leg = &legs.legs[self.geometry.shard_leg(row, *shard)];
-                        JournalWrite {
-                            pv: leg.pv,
-                            offset_bytes: leg.base_bytes + row * self.unit() + in_unit,
-                            data: bytes.clone(),
-                        }
-                    })
-                    .collect(),
+            let key = self.row_key(legs, row);
+            // An intent cannot bring bytes back: its in-place writes are
+            // made durable before anything else of the row is logged.
+            if self.journals.has_unretired_intent(&parity_pvs, key) {
+                self.journals.retire(&parity_pvs).await?;
+            }
+            let journal_writes: Vec<JournalWrite> = online
+                .iter()
+                .map(|(shard, in_unit, bytes)| {
+                    let leg = &legs.legs[self.geometry.shard_leg(row, *shard)];
+                    JournalWrite {
+                        pv: leg.pv,
+                        offset_bytes: leg.base_bytes + row * self.unit() + in_unit,
+                        data: bytes.clone(),
+                    }
+                })
+                .collect();
+            let entry = if kind == RowWrite::FullWithIntent {
+                JournalEntry {
+                    row: key,
+                    intent: Some(self.row_intent(row, &cols, &writes, &online, check)),
+                    writes: journal_writes,
+                }
+            } else {
+                JournalEntry::writes(key, journal_writes)
             };
             match self.journals.log(&parity_pvs, &entry).await {
                 Ok(tickets) => break (online, Some(tickets)),
@@ -701,6 +751,50 @@ impl Parity {
             self.journals.completed(tickets);
         }
         self.check_tolerance(legs, row)
+    }
+
+    /// The checksum table of a full-row write of column slice `cols`:
+    /// `writes` holds every shard's new bytes (data, then parity), `online`
+    /// those going in place, in entry order.
+    fn row_intent(
+        &self,
+        row: u64,
+        cols: &Range<u64>,
+        writes: &[(usize, u64, IoBuf)],
+        online: &[(usize, u64, IoBuf)],
+        check: Option<&dyn BlockCheck>,
+    ) -> RowIntent {
+        let (k, n) = (self.k(), self.shards());
+        let blocks = ((cols.end - cols.start) / BLOCK as u64) as usize;
+        let crcs =
+            |bytes: &IoBuf| -> Vec<u32> { bytes.chunks_exact(BLOCK).map(crc32c::crc32c).collect() };
+        let mut new = vec![Vec::new(); n];
+        for (shard, _, bytes) in writes {
+            new[*shard] = crcs(bytes);
+        }
+        let old = (0..k)
+            .map(|shard| {
+                (0..blocks)
+                    .map(|b| {
+                        let in_unit = cols.start + (b * BLOCK) as u64;
+                        check.and_then(|c| c.expected(self.data_offset(row, shard, in_unit)))
+                    })
+                    .collect()
+            })
+            .collect();
+        RowIntent {
+            codec: match self.geometry.layout() {
+                Layout::Raid5 { .. } => RowCodec::Xor,
+                _ => RowCodec::ReedSolomon,
+            },
+            data_shards: k,
+            parity_shards: n - k,
+            writes: (0..n)
+                .map(|shard| online.iter().position(|(s, _, _)| *s == shard))
+                .collect(),
+            new,
+            old,
+        }
     }
 
     /// Reads a data span; a lost leg or a failing block is served from the

@@ -8,7 +8,8 @@ use blockvirt::volume::{PvHandle, PvSet};
 use blockvirt::{BlockError, BlockResult, ErrorKind, IoBuf};
 use metadata::{PeAddr, PvId};
 
-use super::format::{payload_crc, EntryHeader, Target, BLOCK_BYTES, MAX_WRITES};
+use super::format::{payload_crc, EntryHeader, EntryKind, Target, BLOCK_BYTES, MAX_WRITES};
+use super::intent::RowIntent;
 
 /// A stable name for one row of one placed extent, chosen by the layout:
 /// the first leg's PE and the row index within it. Only compared for
@@ -30,16 +31,39 @@ pub struct JournalWrite {
 }
 
 /// Every byte one row update is about to write in place: new data ranges
-/// and new parity ranges.
+/// and new parity ranges. With `intent`, a full-row write: the journal
+/// keeps only that checksum table, not the bytes (`intent.rs`).
 #[derive(Debug, Clone)]
 pub struct JournalEntry {
     pub row: RowKey,
     pub writes: Vec<JournalWrite>,
+    pub intent: Option<RowIntent>,
 }
 
 impl JournalEntry {
+    /// An entry that journals the bytes of `writes`.
+    pub fn writes(row: RowKey, writes: Vec<JournalWrite>) -> JournalEntry {
+        JournalEntry {
+            row,
+            writes,
+            intent: None,
+        }
+    }
+
     pub fn payload_bytes(&self) -> u64 {
-        self.writes.iter().map(|w| w.data.len() as u64).sum()
+        match &self.intent {
+            Some(intent) => intent.encode().len() as u64,
+            None => self.writes.iter().map(|w| w.data.len() as u64).sum(),
+        }
+    }
+
+    pub(super) fn kind(&self) -> EntryKind {
+        match &self.intent {
+            Some(_) => EntryKind::Intent {
+                payload_bytes: self.payload_bytes(),
+            },
+            None => EntryKind::Writes,
+        }
     }
 
     /// Bytes the entry takes in a journal: one header block and the payload.
@@ -71,16 +95,23 @@ impl JournalEntry {
     pub(super) fn encode(&self, header: &EntryHeader) -> IoBuf {
         let mut block = [0u8; BLOCK_BYTES as usize];
         header.encode_into(&mut block);
-        let parts: Vec<&[u8]> = std::iter::once(&block[..])
-            .chain(self.writes.iter().map(|w| &w.data[..]))
-            .collect();
+        let table = self.intent.as_ref().map(RowIntent::encode);
+        let parts: Vec<&[u8]> = match &table {
+            Some(table) => vec![&block[..], &table[..]],
+            None => std::iter::once(&block[..])
+                .chain(self.writes.iter().map(|w| &w.data[..]))
+                .collect(),
+        };
         let buf = IoBuf::concat(&parts);
         debug_assert_eq!(buf.len() as u64, self.entry_bytes());
         buf
     }
 
     pub(super) fn payload_crc(&self) -> u32 {
-        payload_crc(self.writes.iter().map(|w| &w.data[..]))
+        match &self.intent {
+            Some(intent) => payload_crc([&intent.encode()[..]]),
+            None => payload_crc(self.writes.iter().map(|w| &w.data[..])),
+        }
     }
 
     /// Refuses what cannot be journaled: no writes, too many, unaligned,
@@ -120,6 +151,15 @@ impl JournalEntry {
         for pair in ranges.windows(2) {
             if pair[0].0 == pair[1].0 && pair[1].1 < pair[0].2 {
                 return invalid(format!("writes overlap on PV id {}", pair[0].0));
+            }
+        }
+        if let Some(intent) = &self.intent {
+            if let Err(why) = intent.validate(self.writes.len()) {
+                return invalid(format!("intent: {why}"));
+            }
+            let column = intent.new[0].len() as u64 * BLOCK_BYTES;
+            if self.writes.iter().any(|w| w.data.len() as u64 != column) {
+                return invalid("intent: writes of different lengths".to_string());
             }
         }
         Ok(())
@@ -182,6 +222,14 @@ pub struct RecoveryReport {
     pub epoch: u64,
     /// Distinct entries replayed (an entry logged on M journals counts once).
     pub entries_replayed: u64,
+    /// Intent entries (full-row writes logged as checksums) whose rows
+    /// were made consistent again.
+    pub intents_settled: u64,
+    /// 4 KiB blocks those rows had rewritten (parity, or data rebuilt).
+    pub intent_blocks_rewritten: u64,
+    /// Blocks of those rows no choice of parity rebuilt as their old or new
+    /// version (a torn full-row write and a lost leg); left as they were.
+    pub intent_blocks_unsettled: u64,
     /// Bytes written in place by the replay.
     pub bytes_replayed: u64,
     /// In-place writes not replayed because their PV is failed or absent.

@@ -1,4 +1,4 @@
-//! The journal's on-disk format, version 1: the header slots and the entry
+//! The journal's on-disk format, version 2: the header slots and the entry
 //! header block, as bytes. Pure encode and decode, no I/O; the region and
 //! ring layout around them is drawn in the module doc (`journal/mod.rs`).
 //!
@@ -18,9 +18,16 @@
 //!  48 header sequence (slot = seq % 2) 48 entry bytes (this block + payload)
 //!  56 tail sequence                    56 row: PE's PV id, PE number, row
 //!  64 tail offset (ring bytes)         80 payload CRC-32C (u32), reserved (u32)
-//!  72 zeroes                           88 targets: (PV id, device offset, bytes) x n
+//!  72 zeroes                           84 kind (u32): 0 writes, 1 intent
+//!                                      88 targets: (PV id, device offset, bytes) x n
 //!  4092 CRC-32C of bytes 0..4092       4092 CRC-32C of bytes 0..4092
 //! ```
+//!
+//! A *writes* entry's payload is the targets' bytes, in target order; an
+//! *intent* entry's is the checksum table of a full-row write
+//! (`intent.rs`), whole blocks, its size given by the entry bytes.
+//! Version 2 added the kind (version 1 had zeroes there, and only writes
+//! entries); this build reads both and writes 2.
 //!
 //! The magic, the version and the CRC's place are the same in every format
 //! version, so a newer journal is recognized and refused, never overwritten.
@@ -31,8 +38,8 @@ use super::entry::RowKey;
 
 /// The unit of everything in the region: header slots, entries, payloads.
 pub const BLOCK_BYTES: u64 = 4096;
-/// The format this code writes and the only one it reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format this code writes; it reads this one and every older one.
+pub const FORMAT_VERSION: u32 = 2;
 /// Two header slots written in turn, so a torn header write leaves the
 /// previous header intact.
 pub const HEADER_SLOTS: u64 = 2;
@@ -130,6 +137,16 @@ impl JournalHeader {
     }
 }
 
+/// What an entry's payload holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    /// The bytes of every target: replayed after a crash.
+    Writes,
+    /// The checksum table of a full-row write (`payload_bytes` of it):
+    /// nothing to replay; recovery makes the row consistent again.
+    Intent { payload_bytes: u64 },
+}
+
 /// One in-place write an entry carries: where its payload bytes go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Target {
@@ -148,12 +165,16 @@ pub struct EntryHeader {
     pub id: u64,
     pub row: RowKey,
     pub payload_crc: u32,
+    pub kind: EntryKind,
     pub targets: Vec<Target>,
 }
 
 impl EntryHeader {
     pub fn payload_bytes(&self) -> u64 {
-        self.targets.iter().map(|t| t.len_bytes).sum()
+        match self.kind {
+            EntryKind::Writes => self.targets.iter().map(|t| t.len_bytes).sum(),
+            EntryKind::Intent { payload_bytes } => payload_bytes,
+        }
     }
 
     /// The whole entry: this block and the payload.
@@ -183,6 +204,17 @@ impl EntryHeader {
         put_u64(block, 64, self.row.pe.pe);
         put_u64(block, 72, self.row.row);
         put_u32(block, 80, self.payload_crc);
+        let kind = match self.kind {
+            EntryKind::Writes => 0,
+            EntryKind::Intent { payload_bytes } => {
+                assert!(
+                    payload_bytes > 0 && payload_bytes.is_multiple_of(BLOCK_BYTES),
+                    "an intent's payload is whole blocks"
+                );
+                1
+            }
+        };
+        put_u32(block, 84, kind);
         for (i, target) in self.targets.iter().enumerate() {
             let at = TARGETS_AT + i * TARGET_BYTES;
             put_u64(block, at, target.pv);
@@ -222,9 +254,23 @@ impl EntryHeader {
                 .ok_or(DecodeError::Invalid("payload size overflows"))?;
             targets.push(target);
         }
-        if BLOCK_BYTES.checked_add(payload_bytes) != Some(get_u64(block, 48)) {
-            return Err(DecodeError::Invalid("entry size disagrees with targets"));
-        }
+        let entry_bytes = get_u64(block, 48);
+        let kind = match get_u32(block, 84) {
+            0 => {
+                if BLOCK_BYTES.checked_add(payload_bytes) != Some(entry_bytes) {
+                    return Err(DecodeError::Invalid("entry size disagrees with targets"));
+                }
+                EntryKind::Writes
+            }
+            1 if get_u32(block, 8) >= 2 => {
+                let payload_bytes = entry_bytes.saturating_sub(BLOCK_BYTES);
+                if payload_bytes == 0 || !payload_bytes.is_multiple_of(BLOCK_BYTES) {
+                    return Err(DecodeError::Invalid("intent payload not whole blocks"));
+                }
+                EntryKind::Intent { payload_bytes }
+            }
+            _ => return Err(DecodeError::Invalid("unknown entry kind")),
+        };
         Ok(EntryHeader {
             generation: get_u64(block, 16),
             epoch: get_u64(block, 24),
@@ -238,6 +284,7 @@ impl EntryHeader {
                 row: get_u64(block, 72),
             },
             payload_crc: get_u32(block, 80),
+            kind,
             targets,
         })
     }
@@ -257,7 +304,7 @@ fn open_block(block: &[u8], magic: &[u8; 8]) -> Result<(), DecodeError> {
         return Err(DecodeError::BadChecksum);
     }
     match get_u32(block, 8) {
-        FORMAT_VERSION => Ok(()),
+        1..=FORMAT_VERSION => Ok(()),
         other => Err(DecodeError::UnsupportedVersion(other)),
     }
 }

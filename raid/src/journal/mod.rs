@@ -18,8 +18,16 @@
 //! not yet retired, so each row that was mid-update is whole again before
 //! anything reads it. Entries hold complete new content, so replaying an
 //! older entry and then a newer one for a row ends at the newer state.
-//! Full-stripe writes are journaled as well: their in-place writes tear
-//! like any others, and a row mixing two versions is exactly the hole.
+//!
+//! Full-stripe writes may log an *intent* entry instead (`intent.rs`; the
+//! raid5 and ec K+1 layouts do): the
+//! checksums of every new block and of what each data block held, not
+//! the bytes. Their parity comes from the new data alone; what can go
+//! wrong is only the tearing of their in-place writes, and recovery undoes
+//! that by re-encoding parity from data blocks that each hold their old or
+//! new version (rebuilding from parity those that hold neither). The
+//! caller retires a row's intent ([`JournalSet::has_unretired_intent`],
+//! [`JournalSet::retire`]) before it logs anything else for that row.
 //!
 //! Every PV has one journal, shared by all layouts of the server, in the
 //! region the PV layout reserves for it (`metadata::pv_journal_bytes`):
@@ -35,11 +43,11 @@
 //!
 //!  entry:  | header block (4 KiB)                        | payload            |
 //!          | magic, generation, epoch, seq, entry id,   | write 0's bytes,   |
-//!          | size, row, payload CRC, targets            | write 1's bytes,.. |
-//!          | (PV id, device offset, bytes) x n, CRC     |                    |
+//!          | size, row, payload CRC, kind, targets      | write 1's bytes,.. |
+//!          | (PV id, device offset, bytes) x n, CRC     | (intent: checksums)|
 //! ```
 //!
-//! The byte layout of both blocks is in `format.rs` (format version 1, all
+//! The byte layout of both blocks is in `format.rs` (format version 2, all
 //! little-endian, CRC-32C). Sequence numbers go up by one per entry of a
 //! journal. An entry is whole blocks and never straddles the end of the
 //! ring: one that does not fit before the end starts at ring offset 0 and
@@ -90,12 +98,14 @@
 mod checkpoint;
 mod entry;
 mod format;
+mod intent;
 mod io;
 mod pv_journal;
 mod recover;
 mod region;
 mod ring;
 mod scan;
+mod settle;
 #[cfg(test)]
 mod tests;
 
@@ -119,6 +129,7 @@ use self::ring::max_entry_bytes;
 
 pub use self::entry::{JournalEntry, JournalRecovery, JournalWrite, RecoveryReport, RowKey};
 pub use self::format::{FORMAT_VERSION, MAX_WRITES};
+pub use self::intent::{RowCodec, RowIntent};
 
 /// The smallest region: the header slots and a ring of 8 blocks (entries
 /// of up to 4 blocks). Real regions are 1 to 64 MiB.
@@ -355,6 +366,7 @@ impl JournalSet {
             id: self.inner.next_id.fetch_add(1, Ordering::AcqRel),
             row: entry.row,
             payload_crc: entry.payload_crc(),
+            kind: entry.kind(),
             targets: entry.targets(),
         };
         let reserved = match self.reserve(&journals, entry, &target_pvs).await {
@@ -441,6 +453,30 @@ impl JournalSet {
         })
     }
 
+    /// True if `row` has an intent entry (a full-row write logged as
+    /// checksums) not yet retired on the journal of any of `pvs`. Nothing
+    /// else of that row may be logged until it is retired (`intent.rs`).
+    pub fn has_unretired_intent(&self, pvs: &[PvId], row: RowKey) -> bool {
+        let journals = self.inner.journals.read();
+        pvs.iter().any(|pv| {
+            !self.inner.pvs.is_failed(*pv)
+                && journals.get(pv).is_some_and(|j| j.lock().has_intent(&row))
+        })
+    }
+
+    /// Retires every entry logged before the call on the journals of
+    /// `pvs`, as [`checkpoint_all`](Self::checkpoint_all) does on all.
+    pub async fn retire(&self, pvs: &[PvId]) -> BlockResult<()> {
+        let journals: Vec<_> = {
+            let all = self.inner.journals.read();
+            pvs.iter()
+                .filter(|pv| !self.inner.pvs.is_failed(**pv))
+                .filter_map(|pv| all.get(pv).cloned())
+                .collect()
+        };
+        self.checkpoint_journals(journals).await
+    }
+
     /// Retires every entry logged before the call on every journal of an
     /// online PV, waiting for their in-place writes to complete (tickets
     /// not handed back keep it waiting), and returns once the new tails are
@@ -455,6 +491,11 @@ impl JournalSet {
             .into_iter()
             .filter(|j| !pvs.is_failed(j.pv))
             .collect();
+        self.checkpoint_journals(journals).await
+    }
+
+    async fn checkpoint_journals(&self, journals: Vec<Arc<PvJournal>>) -> BlockResult<()> {
+        let pvs = &self.inner.pvs;
         let results = join_all(
             journals
                 .iter()
@@ -522,7 +563,7 @@ impl JournalSet {
                         .iter_mut()
                         .map(|state| {
                             state
-                                .reserve(entry.row, target_pvs, len_bytes)
+                                .reserve(entry.row, entry.intent.is_some(), target_pvs, len_bytes)
                                 .expect("room checked under the same locks")
                         })
                         .collect();

@@ -82,8 +82,8 @@ pub(super) struct State {
     flushing: bool,
     /// Entries not retired, oldest first; the first has `header.tail_seq`.
     slots: VecDeque<Slot>,
-    /// Entries not retired, per row.
-    rows: HashMap<RowKey, u32>,
+    /// Entries not retired, per row: all of them, and the intents.
+    rows: HashMap<RowKey, (u32, u32)>,
     /// Set by the first failed journal write or flush; the journal then
     /// refuses everything, as what is durable on it is no longer known.
     poisoned: Option<String>,
@@ -95,6 +95,7 @@ struct Slot {
     seq: u64,
     placement: Placement,
     row: RowKey,
+    intent: bool,
     target_pvs: Vec<PvId>,
     written: bool,
     completed: bool,
@@ -318,6 +319,7 @@ impl State {
     pub fn reserve(
         &mut self,
         row: RowKey,
+        intent: bool,
         target_pvs: &[PvId],
         len_bytes: u64,
     ) -> Option<(u64, Placement)> {
@@ -328,16 +330,23 @@ impl State {
             seq,
             placement,
             row,
+            intent,
             target_pvs: target_pvs.to_vec(),
             written: false,
             completed: false,
         });
-        *self.rows.entry(row).or_insert(0) += 1;
+        let counts = self.rows.entry(row).or_insert((0, 0));
+        counts.0 += 1;
+        counts.1 += u32::from(intent);
         Some((seq, placement))
     }
 
     pub fn has_row(&self, row: &RowKey) -> bool {
         self.rows.contains_key(row)
+    }
+
+    pub fn has_intent(&self, row: &RowKey) -> bool {
+        self.rows.get(row).is_some_and(|&(_, intents)| intents > 0)
     }
 
     /// Entries below this one may be retired now.
@@ -389,10 +398,13 @@ impl State {
             };
             self.ring.release(slot.placement);
             match self.rows.get_mut(&slot.row) {
-                Some(1) => {
+                Some((1, _)) => {
                     self.rows.remove(&slot.row);
                 }
-                Some(n) => *n -= 1,
+                Some((n, intents)) => {
+                    *n -= 1;
+                    *intents -= u32::from(slot.intent);
+                }
                 None => panic!("row {:?} of a live entry is not counted", slot.row),
             }
             retired += 1;

@@ -35,6 +35,10 @@
 //! in place (torn by the crash, or spoiled before), and the older entries
 //! are replayed as usual.
 //!
+//! Intent entries (full-row writes logged as checksums, `intent.rs`) have
+//! nothing to replay: once every writes entry is replayed, each intent's
+//! row is made consistent from what its shards hold.
+//!
 //! Crash-ordering rule: targets are flushed after the replay and before
 //! any header is rewritten, so a crash anywhere leaves either the old
 //! entries to replay again (replay is idempotent) or durable results.
@@ -51,10 +55,12 @@ use metadata::PvId;
 use super::checkpoint::flush_targets;
 use super::entry::{in_data_area, JournalRecovery, RecoveryReport};
 use super::format::payload_crc;
-use super::format::EntryHeader;
+use super::format::{EntryHeader, EntryKind};
+use super::intent::RowIntent;
 use super::io::{read_exact, write_all};
 use super::pv_journal::PvJournal;
 use super::scan::{Found, Scan};
+use super::settle::settle;
 
 /// Recovers `journals` (sorted by PV); returns the report and the new epoch.
 pub(super) async fn recover(
@@ -115,7 +121,10 @@ pub(super) async fn recover(
     for copies in copies.values() {
         if copies.iter().all(|(_, found)| !found.payload_sound) {
             let header = &copies[0].1.header;
-            if is_in_place(pvs, header).await {
+            // An intent's payload is its checksum table: nothing to look
+            // for in place.
+            let intent = matches!(header.kind, EntryKind::Intent { .. });
+            if !intent && is_in_place(pvs, header).await {
                 report.entries_in_place += 1;
                 in_place.extend(header.targets.iter().map(|t| Written {
                     id: header.id,
@@ -129,6 +138,7 @@ pub(super) async fn recover(
     }
 
     let mut touched = BTreeSet::new();
+    let mut intents: Vec<(&EntryHeader, RowIntent)> = Vec::new();
     for (id, copies) in &copies {
         let sound: Vec<_> = copies
             .iter()
@@ -139,12 +149,29 @@ pub(super) async fn recover(
             continue;
         }
         match read_one_copy(pvs, *id, &sound).await? {
+            Some((header, payload)) if matches!(header.kind, EntryKind::Intent { .. }) => {
+                match RowIntent::decode(&payload, header.targets.len()) {
+                    Ok(intent) => intents.push((header, intent)),
+                    Err(why) => {
+                        tracing::error!(
+                            "journal intent id {} for {:?}: {why}; not settled",
+                            header.id,
+                            header.row
+                        );
+                        report.entries_invalid += 1;
+                    }
+                }
+            }
             Some((header, payload)) => {
                 let later: Vec<&Written> = in_place.iter().filter(|w| w.id > *id).collect();
                 replay(pvs, header, &payload, &later, &mut report, &mut touched).await
             }
             None => report.entries_unreadable += 1,
         }
+    }
+    // After every replay: an intent is the newest entry of its row.
+    for (header, intent) in &intents {
+        settle(pvs, header, intent, &mut report, &mut touched).await;
     }
     let touched: Vec<PvId> = touched.into_iter().collect();
     flush_targets(pvs, &touched).await;

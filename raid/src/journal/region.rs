@@ -83,7 +83,7 @@ pub(super) async fn open_region(
             Err(DecodeError::UnsupportedVersion(version)) => {
                 return Err(BlockError::new(
                     ErrorKind::Unsupported,
-                    format!("journal of PV id {pv} has format version {version}; this build reads {FORMAT_VERSION}"),
+                    format!("journal of PV id {pv} has format version {version}; this build reads versions 1 to {FORMAT_VERSION}"),
                 ));
             }
             // A slot never written, or torn while being written: the other

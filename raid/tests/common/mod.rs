@@ -169,6 +169,7 @@ pub fn entry(row_index: u64, writes: Vec<JournalWrite>) -> JournalEntry {
     JournalEntry {
         row: row(row_index),
         writes,
+        intent: None,
     }
 }
 

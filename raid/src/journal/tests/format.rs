@@ -29,6 +29,7 @@ fn entry(targets: Vec<Target>) -> EntryHeader {
             row: 9,
         },
         payload_crc: 0xdead_beef,
+        kind: EntryKind::Writes,
         targets,
     }
 }
@@ -93,11 +94,15 @@ fn header_damage_is_rejected() {
     assert_eq!(JournalHeader::decode(&bad), Err(DecodeError::NoMagic));
     // A well-formed header of a newer format is recognized, not misread.
     let mut newer = good;
-    rewrite(&mut newer, 8, &2u32.to_le_bytes());
+    rewrite(&mut newer, 8, &(FORMAT_VERSION + 1).to_le_bytes());
     assert_eq!(
         JournalHeader::decode(&newer),
-        Err(DecodeError::UnsupportedVersion(2))
+        Err(DecodeError::UnsupportedVersion(FORMAT_VERSION + 1))
     );
+    // Version 1 (before intents) is still read.
+    let mut older = good;
+    rewrite(&mut older, 8, &1u32.to_le_bytes());
+    assert_eq!(JournalHeader::decode(&older), Ok(header()));
 }
 
 #[test]
@@ -122,6 +127,68 @@ fn entry_round_trips_with_one_and_most_writes() {
         assert_eq!(back, e);
         assert_eq!(back.entry_bytes(), BLOCK_BYTES + e.payload_bytes());
     }
+}
+
+#[test]
+fn an_intent_entry_round_trips_and_needs_version_2() {
+    let mut e = entry(vec![target(1, 10, 16), target(2, 10, 16)]);
+    e.kind = EntryKind::Intent {
+        payload_bytes: BLOCK_BYTES,
+    };
+    let block = encoded(&e);
+    let back = EntryHeader::decode(&block).expect("decodes");
+    assert_eq!(back, e);
+    assert_eq!(
+        back.entry_bytes(),
+        2 * BLOCK_BYTES,
+        "the table, not the targets"
+    );
+    // Version 1 had no kinds: an intent there is a writer's bug.
+    let mut old = block.clone();
+    rewrite(&mut old, 8, &1u32.to_le_bytes());
+    assert_eq!(
+        EntryHeader::decode(&old),
+        Err(DecodeError::Invalid("unknown entry kind"))
+    );
+    // A writes entry of version 1 still reads.
+    let mut v1 = encoded(&entry(vec![target(1, 10, 2)]));
+    rewrite(&mut v1, 8, &1u32.to_le_bytes());
+    assert_eq!(EntryHeader::decode(&v1), Ok(entry(vec![target(1, 10, 2)])));
+    // An intent's size is whole blocks; an unknown kind is refused.
+    let mut ragged = block.clone();
+    rewrite(&mut ragged, 48, &(BLOCK_BYTES + 100).to_le_bytes());
+    assert!(EntryHeader::decode(&ragged).is_err());
+    let mut unknown = block;
+    rewrite(&mut unknown, 84, &7u32.to_le_bytes());
+    assert_eq!(
+        EntryHeader::decode(&unknown),
+        Err(DecodeError::Invalid("unknown entry kind"))
+    );
+}
+
+#[test]
+fn an_intent_table_round_trips_and_is_checked() {
+    use crate::journal::intent::{RowCodec, RowIntent};
+    let intent = RowIntent {
+        codec: RowCodec::ReedSolomon,
+        data_shards: 4,
+        parity_shards: 2,
+        writes: vec![Some(0), Some(1), None, Some(2), Some(3), Some(4)],
+        new: (0..6)
+            .map(|s| (0..16).map(|b| s * 100 + b).collect())
+            .collect(),
+        old: (0..4)
+            .map(|s| (0..16).map(|b| (b % 3 != 0).then_some(s * 7 + b)).collect())
+            .collect(),
+    };
+    let table = intent.encode();
+    assert_eq!(table.len() % BLOCK_BYTES as usize, 0);
+    assert_eq!(RowIntent::decode(&table, 5), Ok(intent.clone()));
+    assert!(RowIntent::decode(&table, 6).is_err(), "writes disagree");
+    assert!(RowIntent::decode(&table[..40], 5).is_err(), "truncated");
+    let mut xor = intent;
+    xor.codec = RowCodec::Xor;
+    assert!(xor.validate(5).is_err(), "xor has one parity shard");
 }
 
 #[test]
@@ -230,6 +297,7 @@ fn arb_entry() -> impl Strategy<Value = EntryHeader> {
                     row,
                 },
                 payload_crc,
+                kind: EntryKind::Writes,
                 targets,
             },
         )

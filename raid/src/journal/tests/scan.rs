@@ -65,6 +65,7 @@ async fn put(disk: &SimDisk, p: &Placed) {
             row: p.seq,
         },
         payload_crc: payload_crc([&payload[..]]),
+        kind: EntryKind::Writes,
         targets: vec![Target {
             pv: 2,
             offset_bytes: 0,
