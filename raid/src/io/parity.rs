@@ -136,7 +136,6 @@ impl Parity {
         self.geometry.unit_bytes()
     }
 
-    /// Identifies row `row` of this placed extent (by its first leg's PE).
     /// Whether full-row writes log intents rather than their bytes: only
     /// with one parity shard. Recovery cannot rebuild a lost leg's block
     /// of a row an intent's write tore (the other data blocks mix both
@@ -149,6 +148,7 @@ impl Parity {
         self.geometry.parity_shards() == 1
     }
 
+    /// Identifies row `row` of this placed extent (by its first leg's PE).
     fn row_key(&self, legs: &Legs, row: u64) -> RowKey {
         RowKey {
             pe: PeAddr {
@@ -519,11 +519,15 @@ impl Parity {
         } else {
             rs.unit_range_bytes.clone()
         };
-        let intent = rs.full && self.logs_intents();
+        let kind = match (rs.full, self.logs_intents()) {
+            (false, _) => RowWrite::Partial,
+            (true, false) => RowWrite::Full,
+            (true, true) => RowWrite::FullWithIntent,
+        };
         // Parity is computed byte by byte, so a row can be updated in
         // column slices; each slice's journal entry stays well inside the
         // smallest journal ring. An intent is only checksums: one slice.
-        let slice_bytes = if intent {
+        let slice_bytes = if kind == RowWrite::FullWithIntent {
             unit
         } else {
             ((MAX_ENTRY_BYTES / self.shards() as u64) / BLOCK as u64 * BLOCK as u64)
@@ -544,11 +548,6 @@ impl Parity {
                 })
                 .collect();
             if !in_slice.is_empty() {
-                let kind = match (rs.full, intent) {
-                    (false, _) => RowWrite::Partial,
-                    (true, false) => RowWrite::Full,
-                    (true, true) => RowWrite::FullWithIntent,
-                };
                 self.write_slice(legs, row, cols.clone(), in_slice, kind, flags, check)
                     .await?;
             }
