@@ -573,11 +573,6 @@ async fn no_write_hole_after_power_loss_and_disk_loss() {
 /// unreadable (their checksums still the old ones, too many to rebuild).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_torn_full_row_write_reads_back_old_or_new() {
-    let torn = blockvirt::testing::SimFaults {
-        crash_whole_probability: 0.0,
-        crash_torn_probability: 1.0,
-        ..Default::default()
-    };
     for layout in [
         Layout::Raid5 {
             stripes: 3,
@@ -592,10 +587,7 @@ async fn a_torn_full_row_write_reads_back_old_or_new() {
         let name = layout.describe();
         let row_bytes = layout.data_legs() as u64 * UNIT;
         for seed in 0..8 {
-            let mut pool = Pool::with_faults(7, 64, 200 + seed, torn).await;
-            pool.service
-                .create_lv("vg", "lv", 8 * MIB, true, layout)
-                .unwrap();
+            let mut pool = torn_pool(200 + seed, layout).await;
             let at = (seed % 4) * row_bytes;
             let old = pattern(20 + seed, row_bytes as usize);
             let new = pattern(40 + seed, row_bytes as usize);
@@ -608,13 +600,7 @@ async fn a_torn_full_row_write_reads_back_old_or_new() {
             pool.power_loss().await;
             let lv = pool.open("lv").await;
             let check = |got: &[u8], when: &str| {
-                for (i, block) in got.chunks(4096).enumerate() {
-                    let range = i * 4096..(i + 1) * 4096;
-                    assert!(
-                        block == &old[range.clone()] || block == &new[range],
-                        "{name} seed {seed}: block {i} is neither old nor new {when}"
-                    );
-                }
+                each_block_is_one_of(got, &[&old, &new], &format!("{name} seed {seed}"), when)
             };
             let got = read(&lv, at, row_bytes as usize)
                 .await
@@ -639,21 +625,13 @@ async fn a_torn_full_row_write_reads_back_old_or_new() {
 /// would be unreadable with every disk healthy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_after_a_full_row_intent_never_tears_the_row() {
-    let torn = blockvirt::testing::SimFaults {
-        crash_whole_probability: 0.0,
-        crash_torn_probability: 1.0,
-        ..Default::default()
-    };
     let layout = Layout::Raid5 {
         stripes: 3,
         unit_bytes: UNIT,
     };
     let row_bytes = layout.data_legs() as u64 * UNIT;
     for seed in 0..8 {
-        let mut pool = Pool::with_faults(7, 64, 300 + seed, torn).await;
-        pool.service
-            .create_lv("vg", "lv", 8 * MIB, true, layout)
-            .unwrap();
+        let mut pool = torn_pool(300 + seed, layout).await;
         let at = (seed % 4) * row_bytes;
         let old = pattern(60 + seed, row_bytes as usize);
         let new = pattern(70 + seed, row_bytes as usize);
@@ -670,21 +648,15 @@ async fn a_write_after_a_full_row_intent_never_tears_the_row() {
         let lv = pool.open("lv").await;
         let mut patched = new.clone();
         patched[patch_at..patch_at + patch.len()].copy_from_slice(&patch);
-        let check = |got: &[u8], when: &str| {
-            for (i, block) in got.chunks(4096).enumerate() {
-                let range = i * 4096..(i + 1) * 4096;
-                assert!(
-                    [&old, &new, &patched]
-                        .iter()
-                        .any(|v| block == &v[range.clone()]),
-                    "seed {seed}: block {i} is no version written {when}"
-                );
-            }
-        };
         let got = read(&lv, at, row_bytes as usize)
             .await
             .unwrap_or_else(|e| panic!("seed {seed}: row unreadable: {e}"));
-        check(&got, "after the power loss");
+        each_block_is_one_of(
+            &got,
+            &[&old, &new, &patched],
+            &format!("seed {seed}"),
+            "after the power loss",
+        );
         let disks = pool.leg_disks(&lv, 0).await;
         pool.disks[disks[seed as usize % disks.len()]].fail();
         let again = read(&lv, at, row_bytes as usize)
@@ -693,6 +665,33 @@ async fn a_write_after_a_full_row_intent_never_tears_the_row() {
         assert!(
             got == again,
             "seed {seed}: the row changed with a disk lost"
+        );
+    }
+}
+
+/// A pool whose every disk tears its unflushed writes at a power loss
+/// (each block lands or not), with an 8 MiB thin LV "lv" of `layout`.
+async fn torn_pool(seed: u64, layout: Layout) -> Pool {
+    let torn = blockvirt::testing::SimFaults {
+        crash_whole_probability: 0.0,
+        crash_torn_probability: 1.0,
+        ..Default::default()
+    };
+    let pool = Pool::with_faults(7, 64, seed, torn).await;
+    pool.service
+        .create_lv("vg", "lv", 8 * MIB, true, layout)
+        .unwrap();
+    pool
+}
+
+/// Asserts that every 4 KiB block of `got` is the same block of one of
+/// `versions` (each as long as `got`).
+fn each_block_is_one_of(got: &[u8], versions: &[&Vec<u8>], case: &str, when: &str) {
+    for (i, block) in got.chunks(4096).enumerate() {
+        let range = i * 4096..(i + 1) * 4096;
+        assert!(
+            versions.iter().any(|v| block == &v[range.clone()]),
+            "{case}: block {i} is no version written {when}"
         );
     }
 }

@@ -52,7 +52,7 @@ impl JournalEntry {
 
     pub fn payload_bytes(&self) -> u64 {
         match &self.intent {
-            Some(intent) => intent.encode().len() as u64,
+            Some(intent) => intent.encoded_len() as u64,
             None => self.writes.iter().map(|w| w.data.len() as u64).sum(),
         }
     }

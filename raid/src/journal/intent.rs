@@ -112,6 +112,13 @@ impl RowIntent {
         Ok(())
     }
 
+    /// Bytes of the payload [`encode`](Self::encode) makes.
+    pub(super) fn encoded_len(&self) -> usize {
+        let (n, blocks) = (self.shards(), self.blocks());
+        let table = 8 + n + n * blocks * 4 + self.data_shards * blocks * 8;
+        table.div_ceil(BLOCK) * BLOCK
+    }
+
     /// The payload: the table, zero-padded to whole blocks.
     pub(super) fn encode(&self) -> Vec<u8> {
         let mut out = vec![
@@ -133,6 +140,7 @@ impl RowIntent {
             out.extend_from_slice(&word.to_le_bytes());
         }
         out.resize(out.len().div_ceil(BLOCK) * BLOCK, 0);
+        debug_assert_eq!(out.len(), self.encoded_len());
         out
     }
 

@@ -183,6 +183,7 @@ fn an_intent_table_round_trips_and_is_checked() {
     };
     let table = intent.encode();
     assert_eq!(table.len() % BLOCK_BYTES as usize, 0);
+    assert_eq!(table.len(), intent.encoded_len());
     assert_eq!(RowIntent::decode(&table, 5), Ok(intent.clone()));
     assert!(RowIntent::decode(&table, 6).is_err(), "writes disagree");
     assert!(RowIntent::decode(&table[..40], 5).is_err(), "truncated");
