@@ -185,3 +185,38 @@ fn a_barrier_fails_the_pv_whose_journal_header_cannot_be_written_and_holds_for_t
         assert!(!set.has_unretired(&[1, 2], row(1)));
     });
 }
+
+#[test]
+fn a_journal_header_that_does_not_read_back_fails_the_pv() {
+    let world = world(3);
+    runtime().block_on(async {
+        let pvs = world.pv_set();
+        let set = world.open(pvs.clone()).await;
+        set.recover().await.expect("recover");
+        let on_1 = entry(0, vec![world.write(3, 0, 1, 1)]);
+        let on_2 = entry(1, vec![world.write(3, 1, 1, 2)]);
+        for (pv, e) in [(1, &on_1), (2, &on_2)] {
+            let tickets = set.log(&[pv], e).await.expect("log");
+            set.completed(tickets);
+        }
+        // PV 1's disk now spoils every write silently: its header would
+        // read back as the older slot's after a restart.
+        world.pv(1).disk.set_faults(SimFaults {
+            write_corruption_probability: 1.0,
+            ..SimFaults::default()
+        });
+        set.checkpoint_all()
+            .await
+            .expect("a failed PV degrades the pool; the barrier holds for the others");
+        assert!(
+            pvs.is_failed(1),
+            "a journal whose header does not read back cannot be trusted"
+        );
+        assert!(!pvs.is_failed(2) && !pvs.is_failed(3));
+        assert!(!set.has_unretired(&[2], row(1)), "PV 2's entry is retired");
+        assert!(
+            world.pv(1).disk.counters().write_corruptions >= 3,
+            "retried"
+        );
+    });
+}

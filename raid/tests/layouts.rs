@@ -786,6 +786,75 @@ async fn after_an_unclean_shutdown_disagreeing_copies_settle_on_one() {
     }
 }
 
+/// A read after an unclean shutdown decides a block for good, even when
+/// the power fails again before anything is flushed: the resync's rewrite
+/// of the stale copies is durable before the read returns. Here the copy
+/// that held the decided version is then overwritten by a write the
+/// second power failure tears; were the rewrites lost too, the two stale
+/// copies would outvote it and bring back what the first read ruled out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_a_read_decided_stays_decided_across_another_power_loss() {
+    let lose_unflushed = blockvirt::testing::SimFaults {
+        crash_whole_probability: 0.0,
+        crash_torn_probability: 0.0,
+        ..Default::default()
+    };
+    let mut pool = Pool::with_faults(4, 64, 16, lose_unflushed).await;
+    pool.service
+        .create_lv("vg", "lv", 4 * MIB, true, Layout::Raid1 { copies: 3 })
+        .unwrap();
+    let original = pattern(16, 8192);
+    let lv = pool.open("lv").await;
+    write(&lv, 0, &original).await;
+    lv.flush().await.unwrap();
+    let copies: Vec<(usize, u64)> = lv
+        .placement(0)
+        .await
+        .unwrap()
+        .iter()
+        .map(|pe| pool.pe_offset(*pe, 4096))
+        .collect();
+    // An unfinished write of block 1 reached two copies of three.
+    let unfinished = pattern(17, 4096);
+    for &(disk, offset) in &copies[1..] {
+        let device = &pool.disks[disk];
+        let (result, _) = device
+            .write_at(offset, IoBuf::copy_from(&unfinished), WriteFlags::FUA)
+            .await;
+        result.unwrap();
+    }
+    drop(lv);
+    pool.power_loss().await;
+    let lv = pool.open("lv").await;
+    let decided = read(&lv, 4096, 4096).await.unwrap();
+    assert!(
+        decided == original[4096..],
+        "the committed checksum decides"
+    );
+    // A later write reaches only the copy that held the decided version.
+    let (disk, offset) = copies[0];
+    let (result, _) = pool.disks[disk]
+        .write_at(
+            offset,
+            IoBuf::copy_from(&pattern(18, 4096)),
+            WriteFlags::FUA,
+        )
+        .await;
+    result.unwrap();
+    drop(lv);
+    pool.power_loss().await;
+    let lv = pool.open("lv").await;
+    let got = read(&lv, 4096, 4096).await.unwrap();
+    assert!(
+        got != unfinished,
+        "the version the first read ruled out came back"
+    );
+    assert!(
+        got == original[4096..],
+        "the decided version, vouched for by its checksum"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_degraded_partial_row_write_does_not_fold_rot_into_parity() {
     let layout = EC_4_2;

@@ -188,7 +188,7 @@ impl Inner {
     /// Flushes the PVs. On a redundant layout a PV that fails its flush is
     /// marked failed (its legs are no longer trusted); otherwise the
     /// failure is the commit's.
-    async fn flush_pvs(&self, pvs: &BTreeSet<PvId>) -> BlockResult<()> {
+    pub(super) async fn flush_pvs(&self, pvs: &BTreeSet<PvId>) -> BlockResult<()> {
         let flushes = pvs
             .iter()
             .filter(|pv| !self.pvs.is_failed(**pv))

@@ -14,6 +14,11 @@
 //!   copy that matches the block's checksum wins, otherwise the copies
 //!   settle on the one most of them hold, whose checksum is adopted
 //!   (`ScrubMode::Resync`). Every later read sees that one.
+//! - The copies it rewrote are flushed before the extent counts as synced.
+//!   A read decides a block for good: were the rewrites lost to another
+//!   power failure, stale copies could outvote the one that held the
+//!   decided version (overwritten since by a write that power failure
+//!   tore), and a later read would bring back what the first ruled out.
 //! - A background task resyncs the rest, one extent at a time, so full
 //!   redundancy returns without waiting for reads.
 //!
@@ -57,6 +62,13 @@ impl Inner {
             .await
         {
             Ok(report) => {
+                if report.repaired > 0 || !report.adopted.is_empty() {
+                    let pvs = placement.iter().map(|pe| pe.pv).collect();
+                    if let Err(e) = self.flush_pvs(&pvs).await {
+                        tracing::warn!("{}: resync of extent {le}: {e}", self.name);
+                        return;
+                    }
+                }
                 if report.unrecoverable > 0 {
                     tracing::warn!(
                         "{}: resync of extent {le}: {} blocks no copy vouches for",

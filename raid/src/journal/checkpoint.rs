@@ -21,12 +21,12 @@
 //! header write failing poisons the journal and is returned.
 
 use blockvirt::volume::PvSet;
-use blockvirt::{BlockResult, IoBuf, WriteFlags};
+use blockvirt::BlockResult;
 use futures::future::join_all;
 use metadata::PvId;
 
-use super::io::write_all;
 use super::pv_journal::PvJournal;
+use super::region::write_header;
 
 /// Which entries a checkpoint retires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,18 +61,7 @@ impl PvJournal {
             (state.targets_before(upto), state.header_retiring(upto))
         };
         flush_targets(pvs, &targets).await;
-        let block = IoBuf::copy_from(&header.encode());
-        let at = self.header_device_offset(header.slot());
-        if let Err(e) = write_all(
-            &self.device,
-            self.pv,
-            "journal header write",
-            at,
-            block,
-            WriteFlags::FUA,
-        )
-        .await
-        {
+        if let Err(e) = write_header(&self.device, self.region, &header).await {
             self.poison(&e);
             return Err(e);
         }

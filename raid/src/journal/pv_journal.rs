@@ -41,7 +41,7 @@ use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::watch;
 
 use super::entry::RowKey;
-use super::format::{JournalHeader, BLOCK_BYTES, HEADER_AREA_BYTES};
+use super::format::{JournalHeader, HEADER_AREA_BYTES};
 use super::io::write_all;
 use super::ring::{Placement, Ring};
 
@@ -172,11 +172,6 @@ impl PvJournal {
     /// Device offset of a ring offset.
     pub fn ring_device_offset(&self, ring_offset_bytes: u64) -> u64 {
         self.region.offset_bytes + HEADER_AREA_BYTES + ring_offset_bytes
-    }
-
-    /// Device offset of header slot `slot`.
-    pub fn header_device_offset(&self, slot: u64) -> u64 {
-        self.region.offset_bytes + slot * BLOCK_BYTES
     }
 
     pub fn poison(&self, err: &BlockError) {

@@ -59,6 +59,7 @@ use super::format::{EntryHeader, EntryKind};
 use super::intent::RowIntent;
 use super::io::{read_exact, write_all};
 use super::pv_journal::PvJournal;
+use super::region::write_header;
 use super::scan::{Found, Scan};
 use super::settle::settle;
 
@@ -188,18 +189,7 @@ pub(super) async fn recover(
                 ..state.header
             }
         };
-        let block = IoBuf::copy_from(&header.encode());
-        let at = journal.header_device_offset(header.slot());
-        if let Err(e) = write_all(
-            &journal.device,
-            journal.pv,
-            "journal header write",
-            at,
-            block,
-            WriteFlags::FUA,
-        )
-        .await
-        {
+        if let Err(e) = write_header(&journal.device, journal.region, &header).await {
             // Its entries stay behind in an older epoch, which the next
             // recovery ignores.
             journal.poison(&e);

@@ -13,10 +13,20 @@
 //!
 //! Crash-ordering rule: a format is one FUA write of both slots, done
 //! before the journal is used.
+//!
+//! Why a header write is read back: falling back to the older slot is
+//! right only when the newer write was torn by a crash, before it counted.
+//! A disk that silently spoils or misdirects the write would otherwise let
+//! the header count (entries retired, their ring space reused) while the
+//! next opening finds the older slot: retired entries found again would
+//! roll rows back over data written since. So a header counts only once it
+//! reads back as written.
 
 use std::sync::Arc;
 
-use blockvirt::{BlockDevice, BlockError, BlockResult, ByteRange, ErrorKind, IoBufMut, WriteFlags};
+use blockvirt::{
+    BlockDevice, BlockError, BlockResult, ByteRange, ErrorKind, IoBuf, IoBufMut, WriteFlags,
+};
 use metadata::PvId;
 
 use super::format::{DecodeError, JournalHeader, BLOCK_BYTES, FORMAT_VERSION, HEADER_AREA_BYTES};
@@ -142,6 +152,41 @@ pub(super) async fn format_region(
     )
     .await?;
     Ok(header)
+}
+
+/// Attempts at a header write that does not read back as written, before
+/// giving up: a read-back can be spoiled on its own, a write retried.
+const HEADER_WRITE_ATTEMPTS: usize = 3;
+
+/// Writes `header` into its slot with FUA and reads it back; fails unless
+/// the slot holds exactly `header`.
+pub(super) async fn write_header(
+    device: &Arc<dyn BlockDevice>,
+    region: ByteRange,
+    header: &JournalHeader,
+) -> BlockResult<()> {
+    let pv = header.pv;
+    let block = header.encode();
+    let at = region.offset_bytes + header.slot() * BLOCK_BYTES;
+    for _ in 0..HEADER_WRITE_ATTEMPTS {
+        let buf = IoBuf::copy_from(&block);
+        write_all(device, pv, "journal header write", at, buf, WriteFlags::FUA).await?;
+        let back = read_exact(device, pv, "journal header read-back", at, BLOCK_BYTES).await?;
+        if back[..] == block[..] {
+            return Ok(());
+        }
+        tracing::warn!(
+            "PV id {pv}: journal header slot {} did not read back as written",
+            header.slot()
+        );
+    }
+    Err(BlockError::new(
+        ErrorKind::Corrupt,
+        format!(
+            "PV id {pv}: journal header slot {} did not read back as written after {HEADER_WRITE_ATTEMPTS} attempts",
+            header.slot()
+        ),
+    ))
 }
 
 /// A generation unlikely to equal that of any journal written before in
