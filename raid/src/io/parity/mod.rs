@@ -9,6 +9,10 @@
 //!          ─▶ data and parity in place ─▶ entry completed
 //! ```
 //!
+//! Whole rows in a run of one request, where full rows log intents, go in
+//! place together: one write per leg instead of one per row and leg
+//! (`full_rows.rs`).
+//!
 //! Crash rule (no write hole): every byte a partial-row update puts in
 //! place is in a durable journal entry before the first in-place write
 //! starts, so after a crash the replay makes every row that was mid-update
@@ -44,6 +48,8 @@
 //! to encode parity from it though nothing vouched for it) is never
 //! adopted.
 
+mod full_rows;
+
 use std::hash::{Hash, Hasher};
 use std::ops::Range;
 use std::sync::Arc;
@@ -59,7 +65,9 @@ use metadata::{Layout, PeAddr, PvId};
 use super::verify::{failing_blocks, join, split, unrecoverable, BLOCK};
 use crate::codec::ErasureCodec;
 use crate::geometry::{LegContent, ParityGeometry, RowSpan, Span, StripeGeometry};
-use crate::journal::{JournalEntry, JournalSet, JournalWrite, RowCodec, RowIntent, RowKey};
+use crate::journal::{
+    JournalEntry, JournalSet, JournalWrite, RowCodec, RowIntent, RowKey, Tickets,
+};
 
 /// Row locks per layout (striped: two rows may share one).
 const ROW_LOCKS: usize = 1024;
@@ -160,9 +168,26 @@ impl Parity {
     }
 
     fn row_lock(&self, legs: &Legs, row: u64) -> &tokio::sync::Mutex<()> {
+        &self.row_locks[self.row_lock_index(legs, row)]
+    }
+
+    /// Which lock of the table guards `row`. Whoever holds several takes
+    /// them in index order (`full_rows.rs`), so no two writers deadlock.
+    fn row_lock_index(&self, legs: &Legs, row: u64) -> usize {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         self.row_key(legs, row).hash(&mut hasher);
-        &self.row_locks[hasher.finish() as usize % ROW_LOCKS]
+        hasher.finish() as usize % ROW_LOCKS
+    }
+
+    /// The parity shards of data shards `inputs` (all as long).
+    fn encode(&self, inputs: &[&[u8]]) -> BlockResult<Vec<Vec<u8>>> {
+        let len = inputs.first().map_or(0, |input| input.len());
+        let mut parity = vec![vec![0u8; len]; self.geometry.parity_shards()];
+        let mut outputs: Vec<&mut [u8]> = parity.iter_mut().map(Vec::as_mut_slice).collect();
+        self.codec
+            .encode(inputs, &mut outputs)
+            .map_err(codec_error)?;
+        Ok(parity)
     }
 
     /// Extent offset of data shard `shard`'s byte at `in_unit` of `row`.
@@ -578,13 +603,7 @@ impl Parity {
         let parity: Vec<Vec<u8>> = loop {
             if kind != RowWrite::Partial {
                 let inputs: Vec<&[u8]> = pieces.iter().map(|(_, _, bytes)| &bytes[..]).collect();
-                let mut parity = vec![vec![0u8; cols_len]; n - k];
-                let mut outputs: Vec<&mut [u8]> =
-                    parity.iter_mut().map(Vec::as_mut_slice).collect();
-                self.codec
-                    .encode(&inputs, &mut outputs)
-                    .map_err(codec_error)?;
-                break parity;
+                break self.encode(&inputs)?;
             }
             if !whole_column {
                 // Read-modify-write: old bytes of the changed shards, old parity.
@@ -682,12 +701,7 @@ impl Parity {
                 shards[*shard][at..at + bytes.len()].copy_from_slice(bytes);
             }
             let inputs: Vec<&[u8]> = shards[..k].iter().map(Vec::as_slice).collect();
-            let mut parity = vec![vec![0u8; cols_len]; n - k];
-            let mut outputs: Vec<&mut [u8]> = parity.iter_mut().map(Vec::as_mut_slice).collect();
-            self.codec
-                .encode(&inputs, &mut outputs)
-                .map_err(codec_error)?;
-            break parity;
+            break self.encode(&inputs)?;
         };
 
         let mut writes: Vec<(usize, u64, IoBuf)> = pieces
@@ -700,10 +714,31 @@ impl Parity {
                 .enumerate()
                 .map(|(j, p)| (k + j, cols.start, IoBuf::copy_from(p))),
         );
+        let (online, tickets) = self.log_row(legs, row, &cols, &writes, kind, check).await?;
+        self.put(legs, row, online, flags).await;
+        if let Some(tickets) = tickets {
+            self.journals.completed(tickets);
+        }
+        self.check_tolerance(legs, row)
+    }
+
+    /// Logs the journal entry of an update of `row` (its lock held) that
+    /// writes `writes` (shard, unit offset, bytes: data, then parity) in
+    /// column slice `cols`. Returns the writes to put in place (those of
+    /// online legs) and the entry's tickets: none when no parity PV is left
+    /// to journal on (the row has no redundancy left to protect).
+    async fn log_row(
+        &self,
+        legs: &Legs,
+        row: u64,
+        cols: &Range<u64>,
+        writes: &[(usize, u64, IoBuf)],
+        kind: RowWrite,
+        check: Option<&dyn BlockCheck>,
+    ) -> BlockResult<(Vec<(usize, u64, IoBuf)>, Option<Tickets>)> {
         // A parity PV whose journal fails the entry is marked failed by
-        // the journal set; the entry then goes to the parity PVs left (or,
-        // with none left, the row has no redundancy to protect).
-        let (online, tickets) = loop {
+        // the journal set; the entry then goes to the parity PVs left.
+        loop {
             let online: Vec<(usize, u64, IoBuf)> = writes
                 .iter()
                 .filter(|(shard, _, _)| legs.is_online(self.geometry.shard_leg(row, *shard)))
@@ -711,7 +746,7 @@ impl Parity {
                 .collect();
             let parity_pvs = self.parity_pvs(legs, row);
             if parity_pvs.is_empty() {
-                break (online, None);
+                return Ok((online, None));
             }
             let key = self.row_key(legs, row);
             // An intent cannot bring bytes back: its in-place writes are
@@ -733,23 +768,18 @@ impl Parity {
             let entry = if kind == RowWrite::FullWithIntent {
                 JournalEntry {
                     row: key,
-                    intent: Some(self.row_intent(row, &cols, &writes, &online, check)),
+                    intent: Some(self.row_intent(row, cols, writes, &online, check)),
                     writes: journal_writes,
                 }
             } else {
                 JournalEntry::writes(key, journal_writes)
             };
             match self.journals.log(&parity_pvs, &entry).await {
-                Ok(tickets) => break (online, Some(tickets)),
+                Ok(tickets) => return Ok((online, Some(tickets))),
                 Err(_) if self.parity_pvs(legs, row).len() < parity_pvs.len() => continue,
                 Err(e) => return Err(e),
             }
-        };
-        self.put(legs, row, online, flags).await;
-        if let Some(tickets) = tickets {
-            self.journals.completed(tickets);
         }
-        self.check_tolerance(legs, row)
     }
 
     /// The checksum table of a full-row write of column slice `cols`:
@@ -932,11 +962,23 @@ impl Redundancy for Parity {
             .geometry
             .rows(offset_bytes, data.len() as u64)
             .collect();
-        let writes = rows.into_iter().map(|rs| {
+        let writes = self.runs(rows).into_iter().map(|run| {
+            let (first, last) = (&run[0], &run[run.len() - 1]);
             let bytes = data.slice(
-                rs.request_offset_bytes as usize..(rs.request_offset_bytes + rs.len_bytes) as usize,
+                first.request_offset_bytes as usize
+                    ..(last.request_offset_bytes + last.len_bytes) as usize,
             );
-            self.write_row(legs, rs, bytes, flags, check)
+            let first_row = first.row;
+            let single = (run.len() == 1).then(|| run[0].clone());
+            async move {
+                match single {
+                    Some(rs) => self.write_row(legs, rs, bytes, flags, check).await,
+                    None => {
+                        self.write_full_rows(legs, first_row, bytes, flags, check)
+                            .await
+                    }
+                }
+            }
         });
         join_all(writes).await.into_iter().collect()
     }
