@@ -5,6 +5,7 @@
 mod common;
 
 use blockvirt::testing::SimFaults;
+use blockvirt::volume::PvSet;
 use blockvirt::{ByteRange, ErrorKind};
 use common::{entry, no_periodic, row, runtime, World, BLOCK};
 use raid::journal::JournalSet;
@@ -157,19 +158,26 @@ fn the_journals_of_failed_pvs_are_not_opened() {
     });
 }
 
+/// A recovered set with a completed entry of row 0 on PV 1's journal and
+/// one of row 1 on PV 2's, both writing PV 3.
+async fn with_one_completed_entry_on_pvs_1_and_2(world: &World, pvs: &PvSet) -> JournalSet {
+    let set = world.open(pvs.clone()).await;
+    set.recover().await.expect("recover");
+    let on_1 = entry(0, vec![world.write(3, 0, 1, 1)]);
+    let on_2 = entry(1, vec![world.write(3, 1, 1, 2)]);
+    for (pv, e) in [(1, &on_1), (2, &on_2)] {
+        let tickets = set.log(&[pv], e).await.expect("log");
+        set.completed(tickets);
+    }
+    set
+}
+
 #[test]
 fn a_barrier_fails_the_pv_whose_journal_header_cannot_be_written_and_holds_for_the_rest() {
     let world = world(3);
     runtime().block_on(async {
         let pvs = world.pv_set();
-        let set = world.open(pvs.clone()).await;
-        set.recover().await.expect("recover");
-        let on_1 = entry(0, vec![world.write(3, 0, 1, 1)]);
-        let on_2 = entry(1, vec![world.write(3, 1, 1, 2)]);
-        for (pv, e) in [(1, &on_1), (2, &on_2)] {
-            let tickets = set.log(&[pv], e).await.expect("log");
-            set.completed(tickets);
-        }
+        let set = with_one_completed_entry_on_pvs_1_and_2(&world, &pvs).await;
         // PV 2's disk dies before the barrier writes its journal's header.
         world.pv(2).disk.fail();
         set.checkpoint_all()
@@ -191,14 +199,7 @@ fn a_journal_header_that_does_not_read_back_fails_the_pv() {
     let world = world(3);
     runtime().block_on(async {
         let pvs = world.pv_set();
-        let set = world.open(pvs.clone()).await;
-        set.recover().await.expect("recover");
-        let on_1 = entry(0, vec![world.write(3, 0, 1, 1)]);
-        let on_2 = entry(1, vec![world.write(3, 1, 1, 2)]);
-        for (pv, e) in [(1, &on_1), (2, &on_2)] {
-            let tickets = set.log(&[pv], e).await.expect("log");
-            set.completed(tickets);
-        }
+        let set = with_one_completed_entry_on_pvs_1_and_2(&world, &pvs).await;
         // PV 1's disk now spoils every write silently: its header would
         // read back as the older slot's after a restart.
         world.pv(1).disk.set_faults(SimFaults {
