@@ -26,6 +26,9 @@ pub(super) struct SlotCheck<'a> {
     pub chunk_bytes: u64,
     /// Where a block marked known bad is queued for the next commit.
     pub dirty: &'a Mutex<Dirty>,
+    /// The write in progress, if any: its extent offset and the checksums
+    /// of its blocks.
+    pub writing: Option<(u64, &'a [u32])>,
 }
 
 impl BlockCheck for SlotCheck<'_> {
@@ -47,6 +50,12 @@ impl BlockCheck for SlotCheck<'_> {
             return None;
         }
         Some(self.slot.checksums.lock()[block])
+    }
+
+    fn written(&self, offset_bytes: u64) -> Option<u32> {
+        let (start, sums) = self.writing?;
+        let block = offset_bytes.checked_sub(start)? / IO_ALIGN as u64;
+        sums.get(block as usize).copied()
     }
 
     fn known_bad(&self, offset_bytes: u64) -> bool {
@@ -77,6 +86,23 @@ impl Inner {
             le,
             chunk_bytes: self.geometry.chunk_bytes,
             dirty: &self.dirty,
+            writing: None,
+        })
+    }
+
+    /// The checks of a write of blocks with checksums `sums` at extent
+    /// offset `offset_bytes`, on a checksummed layout.
+    fn write_check<'a>(
+        &'a self,
+        slot: &'a Slot,
+        le: u64,
+        offset_bytes: u64,
+        sums: &'a [u32],
+    ) -> Option<SlotCheck<'a>> {
+        let check = self.check(slot, le)?;
+        Some(SlotCheck {
+            writing: Some((offset_bytes, sums)),
+            ..check
         })
     }
 
@@ -230,6 +256,8 @@ impl Inner {
                         false => None,
                     };
                     let legs = self.legs(placement);
+                    let sums = self.block_checksums(&data);
+                    let check = self.write_check(&slot, piece.le, piece.offset_bytes, &sums);
                     let written = self
                         .redundancy
                         .write(
@@ -237,9 +265,7 @@ impl Inner {
                             piece.offset_bytes,
                             data.clone(),
                             flags,
-                            self.check(&slot, piece.le)
-                                .as_ref()
-                                .map(|c| c as &dyn BlockCheck),
+                            check.as_ref().map(|c| c as &dyn BlockCheck),
                         )
                         .await;
                     if let Err(e) = written {
@@ -251,7 +277,7 @@ impl Inner {
                         piece.le,
                         &legs,
                         piece.offset_bytes,
-                        &data,
+                        &sums,
                         touched,
                     );
                     return Ok(());
@@ -290,7 +316,8 @@ impl Inner {
             wide.freeze()
         };
         let legs = self.legs(placement);
-        let check = self.check(&slot, piece.le);
+        let sums = self.block_checksums(&data);
+        let check = self.write_check(&slot, piece.le, start, &sums);
         if let Err(e) = self
             .redundancy
             .write(
@@ -315,22 +342,22 @@ impl Inner {
         if newly_mapped {
             self.placement_changed(&slot, piece.le);
         }
-        self.completed_write(&slot, piece.le, &legs, start, &data, touched);
+        self.completed_write(&slot, piece.le, &legs, start, &sums, touched);
         Ok(())
     }
 
-    /// Records a completed write: checksums, chunk bits, and the PVs the
-    /// next commit must flush.
+    /// Records a completed write (`sums`: its blocks' checksums): checksums,
+    /// chunk bits, and the PVs the next commit must flush.
     fn completed_write(
         &self,
         slot: &Slot,
         le: u64,
         legs: &Legs,
         offset_bytes: u64,
-        data: &[u8],
+        sums: &[u32],
         touched: u64,
     ) {
-        self.record_checksums(slot, le, offset_bytes, data);
+        self.record_block_checksums(slot, le, offset_bytes, sums);
         self.update_bits(slot, le, |written| written | touched);
         self.wrote_to(legs);
     }

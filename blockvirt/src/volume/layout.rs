@@ -98,6 +98,14 @@ pub trait BlockCheck: Send + Sync {
     /// known bad).
     fn expected(&self, offset_bytes: u64) -> Option<u32>;
 
+    /// The checksum of the block the write in progress puts at
+    /// `offset_bytes`, where the caller computed it already: a layout that
+    /// needs the new blocks' checksums takes them from here rather than
+    /// hashing the bytes again. `None` elsewhere.
+    fn written(&self, _offset_bytes: u64) -> Option<u32> {
+        None
+    }
+
     /// Whether the block at `offset_bytes` is known bad: a resync must not
     /// adopt it, whatever the row says.
     fn known_bad(&self, offset_bytes: u64) -> bool;

@@ -205,6 +205,7 @@ impl Inner {
             le,
             chunk_bytes: self.geometry.chunk_bytes,
             dirty: &self.dirty,
+            writing: None,
         };
         let whole = super::geometry::Piece {
             le,

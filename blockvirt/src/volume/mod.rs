@@ -431,28 +431,40 @@ impl Inner {
         self.dirty.lock().extents.insert(le);
     }
 
+    /// The checksums of `data`'s blocks on a redundant layout (none
+    /// otherwise): computed once per write, for the layout
+    /// (`BlockCheck::written`) and then the slot.
+    fn block_checksums(&self, data: &[u8]) -> Vec<u32> {
+        if !self.checksummed {
+            return Vec::new();
+        }
+        data.chunks(IO_ALIGN).map(block_checksum).collect()
+    }
+
     /// Stores checksums of `data` written at `offset_bytes` in extent `le`
     /// (redundant layouts) and marks their chunks for the next commit.
     fn record_checksums(&self, slot: &Slot, le: u64, offset_bytes: u64, data: &[u8]) {
+        self.record_block_checksums(slot, le, offset_bytes, &self.block_checksums(data));
+    }
+
+    /// [`record_checksums`](Self::record_checksums) with the checksums
+    /// computed already.
+    fn record_block_checksums(&self, slot: &Slot, le: u64, offset_bytes: u64, sums: &[u32]) {
         if !self.checksummed {
             return;
         }
         let block = IO_ALIGN as u64;
         let first = (offset_bytes / block) as usize;
-        let mut checksums = slot.checksums.lock();
-        for (i, chunk) in data.chunks(IO_ALIGN).enumerate() {
-            checksums[first + i] = block_checksum(chunk);
-        }
-        drop(checksums);
+        slot.checksums.lock()[first..first + sums.len()].copy_from_slice(sums);
         let mut known_bad = slot.known_bad.lock();
         if !known_bad.is_empty() {
-            let written = first..first + data.len().div_ceil(IO_ALIGN);
+            let written = first..first + sums.len();
             known_bad.retain(|b| !written.contains(b));
         }
         drop(known_bad);
         let chunk_bytes = self.geometry.chunk_bytes;
         let mut dirty = self.dirty.lock();
-        let end = offset_bytes + data.len() as u64;
+        let end = offset_bytes + sums.len() as u64 * block;
         for chunk in offset_bytes / chunk_bytes..end.div_ceil(chunk_bytes) {
             dirty.checksum_chunks.insert((le, chunk as u8));
         }

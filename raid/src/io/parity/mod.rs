@@ -795,11 +795,22 @@ impl Parity {
     ) -> RowIntent {
         let (k, n) = (self.k(), self.shards());
         let blocks = ((cols.end - cols.start) / BLOCK as u64) as usize;
-        let crcs =
-            |bytes: &IoBuf| -> Vec<u32> { bytes.chunks_exact(BLOCK).map(crc32c::crc32c).collect() };
+        // A data block's checksum is the volume's, computed already.
         let mut new = vec![Vec::new(); n];
         for (shard, _, bytes) in writes {
-            new[*shard] = crcs(bytes);
+            new[*shard] = bytes
+                .chunks_exact(BLOCK)
+                .enumerate()
+                .map(|(b, block)| {
+                    let in_unit = cols.start + (b * BLOCK) as u64;
+                    (*shard < k)
+                        .then(|| {
+                            check.and_then(|c| c.written(self.data_offset(row, *shard, in_unit)))
+                        })
+                        .flatten()
+                        .unwrap_or_else(|| crc32c::crc32c(block))
+                })
+                .collect();
         }
         let old = (0..k)
             .map(|shard| {
