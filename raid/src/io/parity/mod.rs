@@ -795,19 +795,19 @@ impl Parity {
     ) -> RowIntent {
         let (k, n) = (self.k(), self.shards());
         let blocks = ((cols.end - cols.start) / BLOCK as u64) as usize;
-        // A data block's checksum is the volume's, computed already.
+        // A data block's checksum is the volume's, computed already;
+        // parity's is computed here.
+        let written = |shard: usize, in_unit: u64| {
+            let check = check.filter(|_| shard < k)?;
+            check.written(self.data_offset(row, shard, in_unit))
+        };
         let mut new = vec![Vec::new(); n];
         for (shard, _, bytes) in writes {
             new[*shard] = bytes
                 .chunks_exact(BLOCK)
                 .enumerate()
                 .map(|(b, block)| {
-                    let in_unit = cols.start + (b * BLOCK) as u64;
-                    (*shard < k)
-                        .then(|| {
-                            check.and_then(|c| c.written(self.data_offset(row, *shard, in_unit)))
-                        })
-                        .flatten()
+                    written(*shard, cols.start + (b * BLOCK) as u64)
                         .unwrap_or_else(|| crc32c::crc32c(block))
                 })
                 .collect();
