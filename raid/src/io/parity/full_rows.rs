@@ -32,7 +32,7 @@ use blockvirt::{BlockResult, IoBuf, WriteFlags};
 use futures::future::join_all;
 use metadata::PvId;
 
-use super::{Parity, RowWrite};
+use super::{put_leg, Parity, RowWrite};
 use crate::geometry::RowSpan;
 use crate::journal::Tickets;
 
@@ -175,24 +175,8 @@ impl Parity {
             }
         }
         let puts = stretches.into_iter().map(|(leg, start, units)| {
-            let bytes = IoBuf::concat(&units);
-            async move {
-                let result = match legs.device(leg) {
-                    Ok((device, base)) => {
-                        device
-                            .write_at(base + start * self.unit(), bytes, flags)
-                            .await
-                            .0
-                    }
-                    Err(e) => Err(e),
-                };
-                (leg, result)
-            }
+            put_leg(legs, leg, start * self.unit(), IoBuf::concat(&units), flags)
         });
-        for (leg, result) in join_all(puts).await {
-            if let Err(e) = result {
-                legs.fail(leg, &e);
-            }
-        }
+        join_all(puts).await;
     }
 }

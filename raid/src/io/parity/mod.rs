@@ -447,27 +447,9 @@ impl Parity {
     ) -> usize {
         let puts = writes.into_iter().map(|(shard, in_unit, bytes)| {
             let leg = self.geometry.shard_leg(row, shard);
-            async move {
-                let result = match legs.device(leg) {
-                    Ok((device, base)) => {
-                        device
-                            .write_at(base + row * self.unit() + in_unit, bytes, flags)
-                            .await
-                            .0
-                    }
-                    Err(e) => Err(e),
-                };
-                (leg, result)
-            }
+            put_leg(legs, leg, row * self.unit() + in_unit, bytes, flags)
         });
-        let mut failed = 0;
-        for (leg, result) in join_all(puts).await {
-            if let Err(e) = result {
-                legs.fail(leg, &e);
-                failed += 1;
-            }
-        }
-        failed
+        join_all(puts).await.into_iter().filter(|ok| !ok).count()
     }
 
     /// Whether the old bytes under the blocks `pieces` overwrite (read into
@@ -919,6 +901,25 @@ fn subsets(items: &[usize], max: usize) -> Vec<Vec<usize>> {
         }
     }
     subsets
+}
+
+/// Writes `bytes` at `offset_bytes` of leg `leg`; a leg that fails is
+/// marked failed. Returns whether the write succeeded.
+async fn put_leg(
+    legs: &Legs,
+    leg: usize,
+    offset_bytes: u64,
+    bytes: IoBuf,
+    flags: WriteFlags,
+) -> bool {
+    let result = match legs.device(leg) {
+        Ok((device, base)) => device.write_at(base + offset_bytes, bytes, flags).await.0,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = &result {
+        legs.fail(leg, e);
+    }
+    result.is_ok()
 }
 
 fn codec_error(err: crate::codec::CodecError) -> BlockError {
