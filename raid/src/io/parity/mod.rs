@@ -32,23 +32,13 @@
 //! reads and repairs of the same row, so no one reconstructs from a row
 //! whose data and parity are mid-update.
 //!
-//! Resolving a column (a 4 KiB block at one offset of every shard of a
-//! row): data blocks that match their checksums are trusted; parity is
-//! recomputed from them. Data blocks that fail are rebuilt from the rest
-//! of the row, leaving out in turn the shards no checksum covers (parity,
-//! and data of chunks not written, whose bytes still count in parity), and
-//! accepted only if the result matches the checksums. In a resync (after an unclean shutdown
-//! or a failed write) data that fails its checksum is adopted when the
-//! row vouches for it (written before the crash, its checksum not
-//! committed): a present block that a rebuilt block proves the row sound
-//! around, or a lost block rebuilt from K shards that every further
-//! survivor agrees with. Anything else is unrecoverable, and the read fails rather
-//! than guess: outside a resync a row can agree with a bad block only
-//! because rot was read into its parity. A block known bad (a write had
-//! to encode parity from it though nothing vouched for it) is never
-//! adopted.
+//! Resolving a column (`resolve.rs`): data blocks that match their
+//! checksums are trusted, the rest rebuilt from the row and accepted only
+//! where checksums or the row vouch for them; anything else fails the
+//! read rather than guess.
 
 mod full_rows;
+mod resolve;
 
 use std::hash::{Hash, Hasher};
 use std::ops::Range;
@@ -68,6 +58,7 @@ use crate::geometry::{LegContent, ParityGeometry, RowSpan, Span, StripeGeometry}
 use crate::journal::{
     JournalEntry, JournalSet, JournalWrite, RowCodec, RowIntent, RowKey, Tickets,
 };
+use resolve::Verdict;
 
 /// Row locks per layout (striped: two rows may share one).
 const ROW_LOCKS: usize = 1024;
@@ -97,19 +88,6 @@ pub struct Parity {
     codec: Arc<dyn ErasureCodec>,
     journals: Arc<JournalSet>,
     row_locks: Box<[tokio::sync::Mutex<()>]>,
-}
-
-/// What a column's shards say, once resolved.
-enum Verdict {
-    /// The right content of every shard; the shards that held wrong bytes
-    /// (to rewrite); the data shards whose content stands although it
-    /// fails its checksum (adopted: the row vouches for it).
-    Good {
-        shards: Vec<Vec<u8>>,
-        wrong: Vec<usize>,
-        adopted: Vec<usize>,
-    },
-    Unrecoverable,
 }
 
 impl Parity {
@@ -249,191 +227,6 @@ impl Parity {
             }
         });
         join_all(reads).await
-    }
-
-    /// Resolves the 4 KiB column at `at` within `column` (see module doc).
-    fn resolve(
-        &self,
-        column: &[Option<IoBufMut>],
-        row: u64,
-        in_unit: u64,
-        at: usize,
-        check: Option<&dyn BlockCheck>,
-        adopt: bool,
-    ) -> Verdict {
-        let (k, n) = (self.k(), self.shards());
-        let block = |shard: usize| column[shard].as_ref().map(|b| &b[at..at + BLOCK]);
-        let offset = |shard: usize| self.data_offset(row, shard, in_unit + at as u64);
-        let matches =
-            |shard: usize, data: &[u8]| check.is_none_or(|c| c.matches(offset(shard), data));
-        let covered = |shard: usize| check.is_some_and(|c| c.covers(offset(shard)));
-        let known_bad = |shard: usize| check.is_some_and(|c| c.known_bad(offset(shard)));
-        let present: Vec<bool> = (0..n).map(|s| column[s].is_some()).collect();
-        let missing: Vec<usize> = (0..k).filter(|&s| !present[s]).collect();
-        let suspects: Vec<usize> = (0..k)
-            .filter(|&s| block(s).is_some_and(|b| !matches(s, b)))
-            .collect();
-        let parity_present: Vec<usize> = (k..n).filter(|&s| present[s]).collect();
-        // Present shards no checksum vouches for: parity, and data blocks
-        // of chunks not written (they read as zeroes, but their bytes still
-        // count in parity). Either may be bad unseen; left out in turn.
-        let unchecked: Vec<usize> = parity_present
-            .iter()
-            .copied()
-            .chain((0..k).filter(|&s| present[s] && !covered(s)))
-            .collect();
-        let encode = |data: &[Vec<u8>]| -> Option<Vec<Vec<u8>>> {
-            let mut parity = vec![vec![0u8; BLOCK]; n - k];
-            let inputs: Vec<&[u8]> = data.iter().map(Vec::as_slice).collect();
-            let mut outputs: Vec<&mut [u8]> = parity.iter_mut().map(Vec::as_mut_slice).collect();
-            self.codec.encode(&inputs, &mut outputs).ok()?;
-            Some(parity)
-        };
-        let differing_parity = |parity: &[Vec<u8>]| -> Vec<usize> {
-            (k..n)
-                .filter(|&s| block(s).is_some_and(|b| b != parity[s - k].as_slice()))
-                .collect()
-        };
-
-        if missing.is_empty() {
-            let data: Vec<Vec<u8>> = (0..k)
-                .map(|s| block(s).expect("present").to_vec())
-                .collect();
-            let Some(parity) = encode(&data) else {
-                return Verdict::Unrecoverable;
-            };
-            let wrong = differing_parity(&parity);
-            if suspects.is_empty() {
-                // Data vouched for: parity follows from it.
-                return Verdict::Good {
-                    shards: data.into_iter().chain(parity).collect(),
-                    wrong,
-                    adopted: Vec::new(),
-                };
-            }
-            if adopt
-                && !parity_present.is_empty()
-                && wrong.is_empty()
-                && !suspects.iter().any(|&s| known_bad(s))
-            {
-                // The row is consistent with the suspects as they are.
-                return Verdict::Good {
-                    shards: data.into_iter().chain(parity).collect(),
-                    wrong,
-                    adopted: suspects,
-                };
-            }
-        }
-        // Rebuild what is missing, with the suspects rebuilt too or taken as
-        // they are, leaving out unchecked shards in turn in case one is bad.
-        let m = n - k;
-        let mut tried: Vec<Vec<usize>> = Vec::new();
-        // Every suspect rebuilt first. In a resync, fewer in turn (the
-        // most first), the rest kept as they are: an unfinished write's
-        // blocks next to one that rotted, which the row rebuilds to match
-        // its checksum.
-        let mut rebuild_sets = if adopt {
-            subsets(&suspects, m.saturating_sub(missing.len()))
-        } else {
-            vec![Vec::new(), suspects.clone()]
-        };
-        rebuild_sets.reverse();
-        for rebuilt_suspects in rebuild_sets {
-            let base: Vec<usize> = missing.iter().chain(&rebuilt_suspects).copied().collect();
-            if base.len() > m {
-                continue;
-            }
-            for excluded in subsets(&unchecked, m - base.len()) {
-                let erased: Vec<usize> = base.iter().chain(&excluded).copied().collect();
-                if tried.contains(&erased) {
-                    continue;
-                }
-                tried.push(erased.clone());
-                let survivors: Vec<bool> =
-                    (0..n).map(|s| present[s] && !erased.contains(&s)).collect();
-                if survivors.iter().filter(|s| **s).count() < k {
-                    continue;
-                }
-                let mut shards: Vec<Vec<u8>> = (0..n)
-                    .map(|s| {
-                        if survivors[s] {
-                            block(s).expect("present").to_vec()
-                        } else {
-                            vec![0u8; BLOCK]
-                        }
-                    })
-                    .collect();
-                let mut slices: Vec<&mut [u8]> = shards.iter_mut().map(Vec::as_mut_slice).collect();
-                if self.codec.reconstruct(&mut slices, &survivors).is_err() {
-                    continue;
-                }
-                let rebuilt: Vec<usize> = erased.iter().copied().filter(|&s| s < k).collect();
-                let unvouched: Vec<usize> = rebuilt
-                    .iter()
-                    .copied()
-                    .filter(|&s| !matches(s, &shards[s]))
-                    .collect();
-                // A present block rebuilt to something else its checksum
-                // does not know either is not outvoted, however many shards
-                // agree: parity updated by delta from an unverified read of
-                // it (a chunk not yet written) agrees with the rot.
-                if unvouched.iter().any(|&s| present[s]) {
-                    continue;
-                }
-                let Some(parity) = encode(&shards[..k]) else {
-                    continue;
-                };
-                // Blocks that fail their checksums stand only in a resync
-                // (written before the crash, their checksums not
-                // committed), and only where the row vouches for them: a
-                // rebuilt block proved the row sound against a real
-                // checksum, or more shards than the rebuild needed all
-                // agree. A lost block rebuilt to something its checksum
-                // does not know needs the latter. The shards left out
-                // may be among those that disagree (with M >= 2, a rotten
-                // parity block next to an unfinished write): K+1 shards
-                // that agree still check each other.
-                let kept: Vec<usize> = suspects
-                    .iter()
-                    .copied()
-                    .filter(|s| !erased.contains(s))
-                    .collect();
-                let proven = rebuilt
-                    .iter()
-                    .any(|&s| covered(s) && !unvouched.contains(&s));
-                let agree = survivors.iter().filter(|s| **s).count() > k
-                    && (k..n).all(|s| !survivors[s] || block(s) == Some(&parity[s - k][..]));
-                let vouched = (kept.is_empty() || adopt && (proven || agree))
-                    && (unvouched.is_empty() || adopt && agree);
-                if !vouched {
-                    continue;
-                }
-                let adopted: Vec<usize> = kept.into_iter().chain(unvouched).collect();
-                if adopted.iter().any(|&s| known_bad(s)) {
-                    continue;
-                }
-                let mut wrong: Vec<usize> = suspects
-                    .iter()
-                    .copied()
-                    .filter(|s| erased.contains(s))
-                    .collect();
-                wrong.extend(
-                    excluded
-                        .iter()
-                        .copied()
-                        .filter(|&s| s < k && block(s) != Some(&shards[s][..])),
-                );
-                wrong.extend(differing_parity(&parity));
-                shards.truncate(k);
-                shards.extend(parity);
-                return Verdict::Good {
-                    shards,
-                    wrong,
-                    adopted,
-                };
-            }
-        }
-        Verdict::Unrecoverable
     }
 
     /// Writes `bytes` at unit offset `in_unit` of each listed shard of
@@ -869,7 +662,13 @@ impl Parity {
                     }
                 }
                 Verdict::Unrecoverable => {
-                    return (Err(unrecoverable(offset_bytes + at as u64)), part)
+                    let rebuilt = check.and_then(|c| {
+                        self.rebuild_block(&column, span.row, in_unit, at, span.shard, c)
+                    });
+                    let Some(block) = rebuilt else {
+                        return (Err(unrecoverable(offset_bytes + at as u64)), part);
+                    };
+                    part[at..at + BLOCK].copy_from_slice(&block);
                 }
             }
         }
@@ -879,28 +678,6 @@ impl Parity {
         }
         (Ok(report), part)
     }
-}
-
-/// Subsets of `items` with at most `max` members, smallest first.
-fn subsets(items: &[usize], max: usize) -> Vec<Vec<usize>> {
-    let mut subsets = vec![Vec::new()];
-    for size in 1..=max.min(items.len()) {
-        let mut indexes: Vec<usize> = (0..size).collect();
-        loop {
-            subsets.push(indexes.iter().map(|&i| items[i]).collect());
-            let Some(i) = (0..size)
-                .rev()
-                .find(|&i| indexes[i] != i + items.len() - size)
-            else {
-                break;
-            };
-            indexes[i] += 1;
-            for j in i + 1..size {
-                indexes[j] = indexes[j - 1] + 1;
-            }
-        }
-    }
-    subsets
 }
 
 /// Writes `bytes` at `offset_bytes` of leg `leg`; a leg that fails is
@@ -1044,25 +821,49 @@ impl Redundancy for Parity {
                 LegContent::Parity { index } => self.k() + index,
             };
             let _row = self.row_lock(legs, piece.row).lock().await;
-            let column = self
+            let mut column = self
                 .read_column(legs, piece.row, in_unit, piece.len_bytes)
                 .await;
+            let mut rereads = 0;
             let mut outcome = Ok(ReadReport::default());
-            for at in (0..piece.len_bytes as usize).step_by(BLOCK) {
-                match self.resolve(&column, piece.row, in_unit, at, check, false) {
-                    Verdict::Good { shards, .. } => {
-                        part[at..at + BLOCK].copy_from_slice(&shards[shard])
+            let mut at = 0;
+            while at < piece.len_bytes as usize {
+                let block = match self.resolve(&column, piece.row, in_unit, at, check, false) {
+                    Verdict::Good { mut shards, .. } => Some(shards.swap_remove(shard)),
+                    Verdict::Unrecoverable => check.filter(|_| shard < self.k()).and_then(|c| {
+                        self.rebuild_block(&column, piece.row, in_unit, at, shard, c)
+                    }),
+                };
+                let block = match block {
+                    Some(block) => block,
+                    // A read that flipped bits on the way looks like
+                    // damage: read the column again before settling.
+                    None if rereads < RESYNC_REREADS => {
+                        rereads += 1;
+                        column = self
+                            .read_column(legs, piece.row, in_unit, piece.len_bytes)
+                            .await;
+                        continue;
                     }
-                    Verdict::Unrecoverable => {
-                        let offset = self.data_offset(
-                            piece.row,
-                            shard.min(self.k() - 1),
-                            in_unit + at as u64,
-                        );
-                        outcome = Err(unrecoverable(offset));
-                        break;
+                    None => {
+                        match self
+                            .rebuild_as_it_stands(&column, piece.row, in_unit, at, shard, check)
+                        {
+                            Some(block) => block,
+                            None => {
+                                let offset = self.data_offset(
+                                    piece.row,
+                                    shard.min(self.k() - 1),
+                                    in_unit + at as u64,
+                                );
+                                outcome = Err(unrecoverable(offset));
+                                break;
+                            }
+                        }
                     }
-                }
+                };
+                part[at..at + BLOCK].copy_from_slice(&block);
+                at += BLOCK;
             }
             results.push((outcome, part));
         }
