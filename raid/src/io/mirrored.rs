@@ -27,6 +27,10 @@ use metadata::Layout;
 use super::verify::{failing_blocks, join, split, unrecoverable, BLOCK};
 use crate::geometry::{LegContent, Span, StripeGeometry, StripedGeometry};
 
+/// Times a rebuild reads a span again whose blocks no copy vouches for,
+/// before it copies them as they stand.
+const REBUILD_REREADS: usize = 2;
+
 #[derive(Debug)]
 pub struct Mirrored {
     geometry: StripedGeometry,
@@ -138,6 +142,17 @@ impl Mirrored {
         let span = spans.next().expect("a non-empty range has a span");
         debug_assert!(spans.next().is_none(), "range crosses a unit");
         span
+    }
+}
+
+/// Records the blocks of `data` (a rebuild's copy, at extent offset
+/// `offset_bytes`) that no copy vouched for as known bad: the new leg
+/// holds them as they stood, so its copies agree on bytes their checksums
+/// do not know, which a resync must never adopt.
+fn mark_lost_blocks(check: Option<&dyn BlockCheck>, offset_bytes: u64, data: &[u8]) {
+    let Some(check) = check else { return };
+    for index in failing_blocks(check, offset_bytes, data) {
+        check.mark_known_bad(offset_bytes + (index * BLOCK) as u64);
     }
 }
 
@@ -395,8 +410,8 @@ impl Redundancy for Mirrored {
             // The leg itself first (pvmove); without it, its copies (repair).
             let prefer = legs.is_online(leg).then_some(leg);
             let exclude = if prefer.is_some() { None } else { Some(leg) };
-            results.push(
-                self.read_span(
+            let mut read = self
+                .read_span(
                     legs,
                     span,
                     offset_bytes,
@@ -406,8 +421,32 @@ impl Redundancy for Mirrored {
                     prefer,
                     exclude,
                 )
-                .await,
-            );
+                .await;
+            // A read that flipped bits on the way looks like damage: read
+            // again before taking the copies as they stand.
+            for attempt in 0..=REBUILD_REREADS {
+                if !matches!(&read.0, Err(e) if e.kind() == ErrorKind::Corrupt) {
+                    break;
+                }
+                let part = read.1;
+                let reread_check = check.filter(|_| attempt < REBUILD_REREADS);
+                read = self
+                    .read_span(
+                        legs,
+                        span,
+                        offset_bytes,
+                        part,
+                        reread_check,
+                        false,
+                        prefer,
+                        exclude,
+                    )
+                    .await;
+                if reread_check.is_none() && read.0.is_ok() {
+                    mark_lost_blocks(check, offset_bytes, &read.1);
+                }
+            }
+            results.push(read);
         }
         let (result, buf) = join(results, rest);
         (result.map(|_| ()), buf)
@@ -452,12 +491,15 @@ impl Redundancy for Mirrored {
                     .map(|(_, data)| data[at..at + BLOCK].to_vec());
                 // Copies of an unfinished write differ without any of them
                 // being damaged: settle on one, and count no mismatch.
-                let settled =
-                    if matching.is_none() && mode == ScrubMode::Resync && copies.len() >= 2 {
-                        settle(legs, &copies, span.pe_offset_bytes, at).await
-                    } else {
-                        None
-                    };
+                let settled = if matching.is_none()
+                    && mode == ScrubMode::Resync
+                    && copies.len() >= 2
+                    && !check.known_bad(block_offset)
+                {
+                    settle(legs, &copies, span.pe_offset_bytes, at).await
+                } else {
+                    None
+                };
                 if let Some(settled) = &settled {
                     report.adopted.push((block_offset, settled.clone()));
                 }
