@@ -4,8 +4,8 @@
 //! served from redundancy and repaired by scrub, rebuild onto other PVs,
 //! pvmove, consistent parity on reused PEs, no write hole across a power
 //! loss followed by a disk loss, degraded writes that keep rot out of
-//! parity, and copies (and lost blocks) that settle after an unclean
-//! shutdown.
+//! parity, copies (and lost blocks) that settle after an unclean
+//! shutdown, and repairs that finish around blocks lost beyond tolerance.
 
 mod common;
 
