@@ -118,6 +118,14 @@ impl Inner {
             drop(guard);
             snapshotted.push((slot, bits.changes));
         }
+        // A discard that unmapped an extent before its snapshot above
+        // handed its PEs back after the dirty set was taken: they go with
+        // the commit that records the unmapping. A later one would hand
+        // back PEs the service has freed since, and may have reserved for
+        // this LV again, taking them from under the write that holds them.
+        batch
+            .returned
+            .extend(std::mem::take(&mut self.dirty.lock().returned));
         // A write that held an extent alone may have finished while the
         // loop above waited for it: its chunk bits are in the snapshot, and
         // its checksums, recorded before those bits, must be committed with
