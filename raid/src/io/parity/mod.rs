@@ -268,6 +268,30 @@ impl Parity {
         })
     }
 
+    /// The data shards among `pieces` with an overwritten block that no
+    /// checksum covers: their old bytes, XORed out of parity, cannot be
+    /// verified.
+    fn unverified_shards(
+        &self,
+        row: u64,
+        pieces: &[(usize, Range<u64>, IoBuf)],
+        check: Option<&dyn BlockCheck>,
+    ) -> Vec<usize> {
+        let Some(check) = check else {
+            return Vec::new();
+        };
+        pieces
+            .iter()
+            .filter(|(shard, range, _)| {
+                range
+                    .clone()
+                    .step_by(BLOCK)
+                    .any(|in_unit| !check.covers(self.data_offset(row, *shard, in_unit)))
+            })
+            .map(|(shard, _, _)| *shard)
+            .collect()
+    }
+
     /// Lost legs beyond what the layout tolerates: the row cannot be kept.
     fn check_tolerance(&self, legs: &Legs, row: u64) -> BlockResult<()> {
         let lost = (0..self.shards())
@@ -375,6 +399,7 @@ impl Parity {
         // old data that is what was written; otherwise the whole column is
         // read and resolved.
         let mut whole_column = !(0..n).all(|s| legs.is_online(self.geometry.shard_leg(row, s)));
+        let mut rereads = 0;
         let parity: Vec<Vec<u8>> = loop {
             if kind != RowWrite::Partial {
                 let inputs: Vec<&[u8]> = pieces.iter().map(|(_, _, bytes)| &bytes[..]).collect();
@@ -395,6 +420,26 @@ impl Parity {
                     // Damage folded into the delta would corrupt parity.
                     whole_column = true;
                     continue;
+                }
+                // Old bytes no checksum covers (a chunk never written, or
+                // discarded) cannot be verified, and a read that flipped
+                // bits on the way would be folded into parity for good:
+                // they must read the same twice.
+                let unverified = self.unverified_shards(row, &pieces, check);
+                if !unverified.is_empty() {
+                    let again = self
+                        .read_shards(legs, row, cols.start, cols.end - cols.start, |s| {
+                            unverified.contains(&s)
+                        })
+                        .await;
+                    if unverified
+                        .iter()
+                        .any(|&s| again[s].as_deref() != column[s].as_deref())
+                    {
+                        rereads += 1;
+                        whole_column = rereads > RESYNC_REREADS;
+                        continue;
+                    }
                 }
                 let mut parity: Vec<Vec<u8>> = (k..n)
                     .map(|s| column[s].as_ref().expect("read").to_vec())
