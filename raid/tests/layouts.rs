@@ -1317,37 +1317,49 @@ async fn a_mirror_rebuild_finishes_around_a_lost_block_and_never_adopts_it() {
     }
 }
 
-/// raid5 2+1: a partial-row write over a chunk never written XORs the old
-/// bytes there out of parity, and no checksum can verify them. One disk
-/// whose reads flip bits (a bad cable) then folded the flip into parity
-/// for good, and losing the other data shard's disk later rebuilt it
-/// wrong (refused by its checksum: an acknowledged write lost within
-/// tolerance). Those old bytes must now read the same twice.
+/// raid5 2+1: a partial-row write over a chunk never written used to XOR
+/// the old bytes there out of parity, and no checksum can verify them. A
+/// disk whose reads flip bits (a bad cable), or rot at rest in those
+/// bytes, then went into parity for good, and losing the other data
+/// shard's disk later rebuilt it wrong (refused by its checksum: an
+/// acknowledged write lost within tolerance). Such a write now encodes
+/// parity afresh from the whole column, whose unverified bytes must read
+/// the same twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_flipped_read_of_unwritten_old_bytes_never_reaches_parity() {
+async fn unverifiable_old_bytes_never_reach_parity() {
     let layout = Layout::Raid5 {
         stripes: 2,
         unit_bytes: UNIT,
     };
-    let (pool, lv) = pool_with_lv(4, 33, layout).await;
-    // Shard 1 of row 0 written; shard 0's chunks never were.
-    let shard1 = pattern(33, UNIT as usize);
-    write(&lv, UNIT, &shard1).await;
-    lv.flush().await.unwrap();
-    let (flaky, _) = pool.device_offset(&lv, layout, 0, 0).await;
-    pool.disks[flaky].set_faults(SimFaults {
-        read_corruption_probability: 1.0,
-        ..SimFaults::default()
-    });
-    let new = pattern(34, 4096);
-    write(&lv, 8192, &new).await;
-    lv.flush().await.unwrap();
-    pool.disks[flaky].set_faults(SimFaults::default());
-    let (lost, _) = pool.device_offset(&lv, layout, 0, UNIT).await;
-    pool.disks[lost].fail();
-    assert!(
-        read(&lv, UNIT, UNIT as usize).await.unwrap() == shard1,
-        "shard 1 rebuilt from shard 0 and parity"
-    );
-    assert!(read(&lv, 8192, 4096).await.unwrap() == new, "the write");
+    for fault in ["flipped reads", "rot at rest"] {
+        let (pool, lv) = pool_with_lv(4, 33, layout).await;
+        // Shard 1 of row 0 written; shard 0's chunks never were.
+        let shard1 = pattern(33, UNIT as usize);
+        write(&lv, UNIT, &shard1).await;
+        lv.flush().await.unwrap();
+        let (disk, offset) = pool.device_offset(&lv, layout, 0, 8192).await;
+        match fault {
+            "flipped reads" => pool.disks[disk].set_faults(SimFaults {
+                read_corruption_probability: 1.0,
+                ..SimFaults::default()
+            }),
+            _ => {
+                pool.disks[disk].corrupt_block(offset);
+            }
+        }
+        let new = pattern(34, 4096);
+        write(&lv, 8192, &new).await;
+        lv.flush().await.unwrap();
+        pool.disks[disk].set_faults(SimFaults::default());
+        let (lost, _) = pool.device_offset(&lv, layout, 0, UNIT).await;
+        pool.disks[lost].fail();
+        assert!(
+            read(&lv, UNIT, UNIT as usize).await.unwrap() == shard1,
+            "{fault}: shard 1 rebuilt from shard 0 and parity"
+        );
+        assert!(
+            read(&lv, 8192, 4096).await.unwrap() == new,
+            "{fault}: the write"
+        );
+    }
 }

@@ -268,27 +268,51 @@ impl Parity {
         })
     }
 
-    /// The data shards among `pieces` with an overwritten block that no
-    /// checksum covers: their old bytes, XORed out of parity, cannot be
-    /// verified.
-    fn unverified_shards(
+    /// Whether `pieces` overwrite a block no checksum covers, whose old
+    /// bytes could not be verified before being XORed out of parity.
+    fn overwrites_unverified(
         &self,
         row: u64,
         pieces: &[(usize, Range<u64>, IoBuf)],
         check: Option<&dyn BlockCheck>,
-    ) -> Vec<usize> {
-        let Some(check) = check else {
-            return Vec::new();
-        };
-        pieces
-            .iter()
-            .filter(|(shard, range, _)| {
+    ) -> bool {
+        check.is_some_and(|check| {
+            pieces.iter().any(|(shard, range, _)| {
                 range
                     .clone()
                     .step_by(BLOCK)
                     .any(|in_unit| !check.covers(self.data_offset(row, *shard, in_unit)))
             })
-            .map(|(shard, _, _)| *shard)
+        })
+    }
+
+    /// The data shards read into `column` (column slice `cols`) with a
+    /// block no checksum covers that `pieces` leave in place: their bytes
+    /// go into new parity unverified.
+    fn keeps_unverified(
+        &self,
+        row: u64,
+        cols: &Range<u64>,
+        pieces: &[(usize, Range<u64>, IoBuf)],
+        column: &[Option<IoBufMut>],
+        check: Option<&dyn BlockCheck>,
+    ) -> Vec<usize> {
+        let Some(check) = check else {
+            return Vec::new();
+        };
+        let overwritten = |shard: usize, in_unit: u64| {
+            pieces
+                .iter()
+                .any(|(s, range, _)| *s == shard && range.contains(&in_unit))
+        };
+        (0..self.k())
+            .filter(|&shard| column[shard].is_some())
+            .filter(|&shard| {
+                cols.clone().step_by(BLOCK).any(|in_unit| {
+                    !overwritten(shard, in_unit)
+                        && !check.covers(self.data_offset(row, shard, in_unit))
+                })
+            })
             .collect()
     }
 
@@ -397,8 +421,12 @@ impl Parity {
         let cols_len = (cols.end - cols.start) as usize;
         // Read-modify-write needs every changed shard and all parity, and
         // old data that is what was written; otherwise the whole column is
-        // read and resolved.
-        let mut whole_column = !(0..n).all(|s| legs.is_online(self.geometry.shard_leg(row, s)));
+        // read and resolved. Old bytes no checksum covers (a chunk never
+        // written, or discarded) cannot be verified: rot at rest in them,
+        // or a read that flipped bits on the way, XORed out of parity
+        // would stay there for good.
+        let degraded = !(0..n).all(|s| legs.is_online(self.geometry.shard_leg(row, s)));
+        let mut whole_column = degraded || self.overwrites_unverified(row, &pieces, check);
         let mut rereads = 0;
         let parity: Vec<Vec<u8>> = loop {
             if kind != RowWrite::Partial {
@@ -420,26 +448,6 @@ impl Parity {
                     // Damage folded into the delta would corrupt parity.
                     whole_column = true;
                     continue;
-                }
-                // Old bytes no checksum covers (a chunk never written, or
-                // discarded) cannot be verified, and a read that flipped
-                // bits on the way would be folded into parity for good:
-                // they must read the same twice.
-                let unverified = self.unverified_shards(row, &pieces, check);
-                if !unverified.is_empty() {
-                    let again = self
-                        .read_shards(legs, row, cols.start, cols.end - cols.start, |s| {
-                            unverified.contains(&s)
-                        })
-                        .await;
-                    if unverified
-                        .iter()
-                        .any(|&s| again[s].as_deref() != column[s].as_deref())
-                    {
-                        rereads += 1;
-                        whole_column = rereads > RESYNC_REREADS;
-                        continue;
-                    }
                 }
                 let mut parity: Vec<Vec<u8>> = (k..n)
                     .map(|s| column[s].as_ref().expect("read").to_vec())
@@ -471,6 +479,24 @@ impl Parity {
             let column = self
                 .read_column(legs, row, cols.start, cols.end - cols.start)
                 .await;
+            // Data no checksum covers goes into the new parity as read: a
+            // read that flipped bits on the way would stay in parity for
+            // good, so it must read the same twice.
+            let unverified = self.keeps_unverified(row, &cols, &pieces, &column, check);
+            if !unverified.is_empty() && rereads < RESYNC_REREADS {
+                let again = self
+                    .read_shards(legs, row, cols.start, cols.end - cols.start, |s| {
+                        unverified.contains(&s)
+                    })
+                    .await;
+                if unverified
+                    .iter()
+                    .any(|&s| again[s].as_deref() != column[s].as_deref())
+                {
+                    rereads += 1;
+                    continue;
+                }
+            }
             let present: Vec<bool> = column.iter().map(Option::is_some).collect();
             let mut shards: Vec<Vec<u8>> = column
                 .iter()
