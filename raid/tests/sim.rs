@@ -75,13 +75,15 @@ const SHORT_RUN: Range<u64> = 0..64;
 /// so the new reservation was taken from under the write using it
 /// (60882); a read of old bytes no checksum covers, flipped on the way by
 /// a flaky disk, XORed into ec 4+2 parity by a partial-row write, which
-/// left a later torn write's column beyond repair (74751).
+/// left a later torn write's column beyond repair (74751); rot at rest in
+/// such bytes XORed into raid5 parity the same way, so the block rotting
+/// again could not be rebuilt (41957).
 /// Seeds shift their fault schedule when the stack's disk I/O changes
 /// (a flush or a read more draws from the disk's RNG): 484, once here,
 /// now lands in the 2-way mirror class docs/ARCHITECTURE.md describes.
-const REGRESSIONS: [u64; 25] = [
+const REGRESSIONS: [u64; 26] = [
     558, 3398, 4527, 4576, 4886, 5534, 7991, 8539, 8618, 9007, 9679, 11407, 11995, 13775, 14371,
-    14711, 20222, 21918, 23546, 29851, 30597, 32774, 36535, 60882, 74751,
+    14711, 20222, 21918, 23546, 29851, 30597, 32774, 36535, 41957, 60882, 74751,
 ];
 /// Real time one seed may take before it counts as hung.
 const SEED_LIMIT: Duration = Duration::from_secs(120);
