@@ -77,13 +77,16 @@ const SHORT_RUN: Range<u64> = 0..64;
 /// a flaky disk, XORed into ec 4+2 parity by a partial-row write, which
 /// left a later torn write's column beyond repair (74751); rot at rest in
 /// such bytes XORed into raid5 parity the same way, so the block rotting
-/// again could not be rebuilt (41957).
+/// again could not be rebuilt (41957); a recovery that settled a torn
+/// full-row write's column with a rotten block as "old" (its chunk was
+/// unwritten, so any bytes counted), encoding parity that agreed with the
+/// rot, which the resync then adopted (70846).
 /// Seeds shift their fault schedule when the stack's disk I/O changes
 /// (a flush or a read more draws from the disk's RNG): 484, once here,
 /// now lands in the 2-way mirror class docs/ARCHITECTURE.md describes.
-const REGRESSIONS: [u64; 26] = [
+const REGRESSIONS: [u64; 27] = [
     558, 3398, 4527, 4576, 4886, 5534, 7991, 8539, 8618, 9007, 9679, 11407, 11995, 13775, 14371,
-    14711, 20222, 21918, 23546, 29851, 30597, 32774, 36535, 41957, 60882, 74751,
+    14711, 20222, 21918, 23546, 29851, 30597, 32774, 36535, 41957, 60882, 70846, 74751,
 ];
 /// Real time one seed may take before it counts as hung.
 const SEED_LIMIT: Duration = Duration::from_secs(120);

@@ -33,7 +33,10 @@
 //!
 //! What a block held before is the checksum the volume had for it when the
 //! write started; "any" where none applies (a chunk never written, whose
-//! bytes nobody reads, or a block known bad).
+//! bytes nobody reads, or a block known bad). A block that is not its new
+//! version counts as old under "any" only where the row cannot rebuild it
+//! as its new version: otherwise rot in it would go into parity, and a
+//! resync would take the row's agreement with it for the write's bytes.
 //!
 //! Ordering rule: an intent cannot bring back bytes, so a later entry of
 //! the same row must never be replayed over a row torn by an intent's

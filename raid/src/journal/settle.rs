@@ -152,9 +152,33 @@ fn settle_column(
     let lost: Vec<usize> = (0..k)
         .filter(|&s| held(s, &shards[s]) == Held::Unknown)
         .collect();
+    // Blocks that count as old only because any bytes do (their chunk was
+    // never written, or known bad) may as well be rot: where the row
+    // rebuilds them as their new version, that wins, and the rot never
+    // goes into parity.
+    let vague: Vec<usize> = (0..k)
+        .filter(|&s| {
+            present[s] && intent.old[s][b].is_none() && crc(&shards[s]) != intent.new[s][b]
+        })
+        .collect();
+    let mut rebuilt_new = None;
+    if !vague.is_empty() {
+        let both: Vec<usize> = lost.iter().chain(&vague).copied().collect();
+        rebuilt_new = rebuild(codec, intent, shards, present, &both, b, &vague).map(|r| (both, r));
+    }
     let mut changed = Vec::new();
-    if !lost.is_empty() {
-        let rebuilt = rebuild(codec, intent, shards, present, &lost, b).ok_or(lost.len() as u64)?;
+    if let Some((rebuilt_shards, rebuilt)) = rebuilt_new {
+        for (&s, block) in rebuilt_shards.iter().zip(rebuilt) {
+            if shards[s][at..at + BLOCK] != block[..] {
+                shards[s][at..at + BLOCK].copy_from_slice(&block);
+                if present[s] {
+                    changed.push(s);
+                }
+            }
+        }
+    } else if !lost.is_empty() {
+        let rebuilt =
+            rebuild(codec, intent, shards, present, &lost, b, &[]).ok_or(lost.len() as u64)?;
         for (&s, block) in lost.iter().zip(rebuilt) {
             shards[s][at..at + BLOCK].copy_from_slice(&block);
             if present[s] {
@@ -179,7 +203,8 @@ fn settle_column(
 
 /// Rebuilds data blocks `lost` of column `b` from the other data blocks
 /// and a choice of parity blocks; the first choice under which every
-/// rebuilt block is its old or new version wins.
+/// rebuilt block is its old or new version (its new one, for those in
+/// `must_be_new`) wins.
 fn rebuild(
     codec: &dyn ErasureCodec,
     intent: &RowIntent,
@@ -187,6 +212,7 @@ fn rebuild(
     present: &[bool],
     lost: &[usize],
     b: usize,
+    must_be_new: &[usize],
 ) -> Option<Vec<Vec<u8>>> {
     let (k, n) = (intent.data_shards, intent.shards());
     let at = b * BLOCK;
@@ -208,7 +234,8 @@ fn rebuild(
         }
         let verified = lost.iter().all(|&s| {
             let crc = crc32c::crc32c(&column[s]);
-            crc == intent.new[s][b] || intent.old[s][b].is_none_or(|old| old == crc)
+            crc == intent.new[s][b]
+                || !must_be_new.contains(&s) && intent.old[s][b].is_none_or(|old| old == crc)
         });
         if verified {
             return Some(lost.iter().map(|&s| column[s].clone()).collect());
