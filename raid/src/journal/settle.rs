@@ -161,25 +161,22 @@ fn settle_column(
             present[s] && intent.old[s][b].is_none() && crc(&shards[s]) != intent.new[s][b]
         })
         .collect();
-    let mut rebuilt_new = None;
-    if !vague.is_empty() {
+    let as_new = (!vague.is_empty()).then(|| {
         let both: Vec<usize> = lost.iter().chain(&vague).copied().collect();
-        rebuilt_new = rebuild(codec, intent, shards, present, &both, b, &vague).map(|r| (both, r));
-    }
-    let mut changed = Vec::new();
-    if let Some((rebuilt_shards, rebuilt)) = rebuilt_new {
-        for (&s, block) in rebuilt_shards.iter().zip(rebuilt) {
-            if shards[s][at..at + BLOCK] != block[..] {
-                shards[s][at..at + BLOCK].copy_from_slice(&block);
-                if present[s] {
-                    changed.push(s);
-                }
-            }
+        rebuild(codec, intent, shards, present, &both, b, &vague).map(|r| (both, r))
+    });
+    let (targets, rebuilt) = match as_new.flatten() {
+        Some(found) => found,
+        None if lost.is_empty() => (Vec::new(), Vec::new()),
+        None => {
+            let rebuilt =
+                rebuild(codec, intent, shards, present, &lost, b, &[]).ok_or(lost.len() as u64)?;
+            (lost, rebuilt)
         }
-    } else if !lost.is_empty() {
-        let rebuilt =
-            rebuild(codec, intent, shards, present, &lost, b, &[]).ok_or(lost.len() as u64)?;
-        for (&s, block) in lost.iter().zip(rebuilt) {
+    };
+    let mut changed = Vec::new();
+    for (&s, block) in targets.iter().zip(rebuilt) {
+        if shards[s][at..at + BLOCK] != block[..] {
             shards[s][at..at + BLOCK].copy_from_slice(&block);
             if present[s] {
                 changed.push(s);
