@@ -1210,14 +1210,20 @@ async fn a_block_written_beside_rot_in_a_degraded_row_reads_back_and_rebuilds() 
     assert!(lv.degraded_extents().await.is_empty(), "redundant again");
     let mut expect = data.clone();
     expect[at as usize..][..4096].copy_from_slice(&new);
-    for block in (0..2 * UNIT).step_by(4096) {
-        let got = read(&lv, block, 4096).await;
-        if block == UNIT + at {
-            assert!(got.is_err(), "the rotten block is never served");
+    reads_back_but_lost(&lv, &expect, &[UNIT + at], "after the rebuild").await;
+}
+
+/// Reads `expect.len()` bytes of `lv` block by block: the blocks at
+/// `lost` fail (never served), every other one reads back as `expect`.
+async fn reads_back_but_lost(lv: &ThinVolume, expect: &[u8], lost: &[u64], when: &str) {
+    for block in (0..expect.len() as u64).step_by(4096) {
+        let got = read(lv, block, 4096).await;
+        if lost.contains(&block) {
+            assert!(got.is_err(), "{when}: the lost block at {block} is served");
         } else {
             assert!(
                 got.unwrap() == expect[block as usize..][..4096],
-                "block at {block} after the rebuild"
+                "{when}: block at {block}"
             );
         }
     }
@@ -1259,17 +1265,7 @@ async fn a_rebuild_finishes_around_a_column_beyond_tolerance() {
             "data" => vec![at, UNIT + at],
             _ => vec![UNIT + at],
         };
-        for block in (0..2 * UNIT).step_by(4096) {
-            let got = read(&lv, block, 4096).await;
-            if lost.contains(&block) {
-                assert!(got.is_err(), "{lost_shard}: block at {block} was lost");
-            } else {
-                assert!(
-                    got.unwrap() == data[block as usize..][..4096],
-                    "{lost_shard}: block at {block} after the rebuild"
-                );
-            }
-        }
+        reads_back_but_lost(&lv, &data, &lost, lost_shard).await;
     }
 }
 
@@ -1303,17 +1299,7 @@ async fn a_mirror_rebuild_finishes_around_a_lost_block_and_never_adopts_it() {
             pool.disks[lost_disk].fail();
             lv = pool.open("lv").await;
         }
-        for block in (0..data.len() as u64).step_by(4096) {
-            let got = read(&lv, block, 4096).await;
-            if block == at {
-                assert!(got.is_err(), "{when}: the lost block is never served");
-            } else {
-                assert!(
-                    got.unwrap() == data[block as usize..][..4096],
-                    "{when}: block at {block}"
-                );
-            }
-        }
+        reads_back_but_lost(&lv, &data, &[at], when).await;
     }
 }
 
