@@ -234,7 +234,8 @@ impl Inner {
     }
 
     /// Writes what leg `leg` of `legs` should hold onto `target`, then
-    /// flushes it.
+    /// flushes it. Each step's write overlaps the next step's rebuild,
+    /// which reads other PVs.
     async fn copy_leg(
         &self,
         legs: &super::Legs,
@@ -244,21 +245,35 @@ impl Inner {
     ) -> Result<(), CopyFailure> {
         let handle = self.pvs.get(target.pv).map_err(CopyFailure::Target)?;
         let base = handle.data_offset_bytes + target.pe * self.pe_bytes;
-        let mut offset = 0;
-        while offset < self.pe_bytes {
-            let len = COPY_BYTES.min(self.pe_bytes - offset);
+        let rebuild = |offset: u64| async move {
+            let len = COPY_BYTES.min(self.pe_bytes - offset) as usize;
             let (result, buf) = self
                 .redundancy
-                .rebuild_leg(legs, leg, offset, IoBufMut::zeroed(len as usize), check)
+                .rebuild_leg(legs, leg, offset, IoBufMut::zeroed(len), check)
                 .await;
-            result.map_err(CopyFailure::Source)?;
-            handle
-                .device
-                .write_at(base + offset, buf.freeze(), WriteFlags::empty())
-                .await
-                .0
-                .map_err(CopyFailure::Target)?;
-            offset += len;
+            result.map(|()| buf).map_err(CopyFailure::Source)
+        };
+        let write = |offset: u64, buf: IoBufMut| {
+            let device = &handle.device;
+            async move {
+                let (result, _) = device
+                    .write_at(base + offset, buf.freeze(), WriteFlags::empty())
+                    .await;
+                result.map_err(CopyFailure::Target)
+            }
+        };
+        let mut offset = 0;
+        let mut rebuilt = rebuild(offset).await?;
+        loop {
+            let next = offset + rebuilt.len() as u64;
+            if next >= self.pe_bytes {
+                write(offset, rebuilt).await?;
+                break;
+            }
+            let (written, following) = tokio::join!(write(offset, rebuilt), rebuild(next));
+            written?;
+            rebuilt = following?;
+            offset = next;
         }
         handle.device.flush().await.map_err(CopyFailure::Target)
     }

@@ -401,8 +401,9 @@ impl Redundancy for Mirrored {
             .leg_pieces(leg, pe_offset_bytes, buf.len() as u64)
             .collect();
         let (parts, rest) = split(buf, pieces.iter().map(|p| p.len_bytes as usize));
-        let mut results = Vec::with_capacity(parts.len());
-        for (piece, part) in pieces.iter().zip(parts) {
+        // The pieces (one per stripe unit) are read at once: one after the
+        // other, a striped leg's rebuild waited on a unit's read at a time.
+        let reads = pieces.iter().zip(parts).map(|(piece, part)| async move {
             let LegContent::Data { offset_bytes, .. } = piece.content else {
                 unreachable!("mirrors hold no parity");
             };
@@ -446,9 +447,9 @@ impl Redundancy for Mirrored {
                     mark_lost_blocks(check, offset_bytes, &read.1);
                 }
             }
-            results.push(read);
-        }
-        let (result, buf) = join(results, rest);
+            read
+        });
+        let (result, buf) = join(join_all(reads).await, rest);
         (result.map(|_| ()), buf)
     }
 

@@ -884,61 +884,68 @@ impl Redundancy for Parity {
             .leg_pieces(leg, pe_offset_bytes, buf.len() as u64)
             .collect();
         let (parts, rest) = split(buf, pieces.iter().map(|p| p.len_bytes as usize));
-        let mut results = Vec::with_capacity(parts.len());
-        for (piece, mut part) in pieces.iter().zip(parts) {
-            let in_unit = piece.pe_offset_bytes % self.unit();
-            let shard = match piece.content {
-                LegContent::Data { shard, .. } => shard,
-                LegContent::Parity { index } => self.k() + index,
-            };
-            let _row = self.row_lock(legs, piece.row).lock().await;
-            let mut column = self
-                .read_column(legs, piece.row, in_unit, piece.len_bytes)
-                .await;
-            let mut rereads = 0;
-            let mut outcome = Ok(ReadReport::default());
-            let mut at = 0;
-            while at < piece.len_bytes as usize {
-                let block = match self.resolve(&column, piece.row, in_unit, at, check, false) {
-                    Verdict::Good { mut shards, .. } => Some(shards.swap_remove(shard)),
-                    Verdict::Unrecoverable => check.filter(|_| shard < self.k()).and_then(|c| {
-                        self.rebuild_block(&column, piece.row, in_unit, at, shard, c)
-                    }),
+        // The pieces (one per row) are rebuilt at once, each under its own
+        // row's lock: one after the other, a rebuild waited on a column's
+        // reads at a time.
+        let rebuilds = pieces
+            .iter()
+            .zip(parts)
+            .map(|(piece, mut part)| async move {
+                let in_unit = piece.pe_offset_bytes % self.unit();
+                let shard = match piece.content {
+                    LegContent::Data { shard, .. } => shard,
+                    LegContent::Parity { index } => self.k() + index,
                 };
-                let block = match block {
-                    Some(block) => block,
-                    // A read that flipped bits on the way looks like
-                    // damage: read the column again before settling.
-                    None if rereads < RESYNC_REREADS => {
-                        rereads += 1;
-                        column = self
-                            .read_column(legs, piece.row, in_unit, piece.len_bytes)
-                            .await;
-                        continue;
-                    }
-                    None => {
-                        match self
-                            .rebuild_as_it_stands(&column, piece.row, in_unit, at, shard, check)
-                        {
-                            Some(block) => block,
-                            None => {
-                                let offset = self.data_offset(
-                                    piece.row,
-                                    shard.min(self.k() - 1),
-                                    in_unit + at as u64,
-                                );
-                                outcome = Err(unrecoverable(offset));
-                                break;
+                let _row = self.row_lock(legs, piece.row).lock().await;
+                let mut column = self
+                    .read_column(legs, piece.row, in_unit, piece.len_bytes)
+                    .await;
+                let mut rereads = 0;
+                let mut outcome = Ok(ReadReport::default());
+                let mut at = 0;
+                while at < piece.len_bytes as usize {
+                    let block = match self.resolve(&column, piece.row, in_unit, at, check, false) {
+                        Verdict::Good { mut shards, .. } => Some(shards.swap_remove(shard)),
+                        Verdict::Unrecoverable => {
+                            check.filter(|_| shard < self.k()).and_then(|c| {
+                                self.rebuild_block(&column, piece.row, in_unit, at, shard, c)
+                            })
+                        }
+                    };
+                    let block = match block {
+                        Some(block) => block,
+                        // A read that flipped bits on the way looks like
+                        // damage: read the column again before settling.
+                        None if rereads < RESYNC_REREADS => {
+                            rereads += 1;
+                            column = self
+                                .read_column(legs, piece.row, in_unit, piece.len_bytes)
+                                .await;
+                            continue;
+                        }
+                        None => {
+                            match self
+                                .rebuild_as_it_stands(&column, piece.row, in_unit, at, shard, check)
+                            {
+                                Some(block) => block,
+                                None => {
+                                    let offset = self.data_offset(
+                                        piece.row,
+                                        shard.min(self.k() - 1),
+                                        in_unit + at as u64,
+                                    );
+                                    outcome = Err(unrecoverable(offset));
+                                    break;
+                                }
                             }
                         }
-                    }
-                };
-                part[at..at + BLOCK].copy_from_slice(&block);
-                at += BLOCK;
-            }
-            results.push((outcome, part));
-        }
-        let (result, buf) = join(results, rest);
+                    };
+                    part[at..at + BLOCK].copy_from_slice(&block);
+                    at += BLOCK;
+                }
+                (outcome, part)
+            });
+        let (result, buf) = join(join_all(rebuilds).await, rest);
         (result.map(|_| ()), buf)
     }
 
