@@ -54,7 +54,7 @@ use metadata::{Layout, PeAddr, PvId};
 
 use super::verify::{failing_blocks, join, split, unrecoverable, BLOCK};
 use crate::codec::ErasureCodec;
-use crate::geometry::{LegContent, ParityGeometry, RowSpan, Span, StripeGeometry};
+use crate::geometry::{LegContent, LegPiece, ParityGeometry, RowSpan, Span, StripeGeometry};
 use crate::journal::{
     JournalEntry, JournalSet, JournalWrite, RowCodec, RowIntent, RowKey, Tickets,
 };
@@ -749,6 +749,66 @@ impl Parity {
         }
         (Ok(report), part)
     }
+
+    /// Rebuilds what `piece` of a lost leg holds (one unit of one row)
+    /// into `part`, under the row's lock.
+    async fn rebuild_piece(
+        &self,
+        legs: &Legs,
+        piece: &LegPiece,
+        mut part: IoBufMut,
+        check: Option<&dyn BlockCheck>,
+    ) -> (BlockResult<ReadReport>, IoBufMut) {
+        let in_unit = piece.pe_offset_bytes % self.unit();
+        let shard = match piece.content {
+            LegContent::Data { shard, .. } => shard,
+            LegContent::Parity { index } => self.k() + index,
+        };
+        let _row = self.row_lock(legs, piece.row).lock().await;
+        let mut column = self
+            .read_column(legs, piece.row, in_unit, piece.len_bytes)
+            .await;
+        let mut rereads = 0;
+        let mut outcome = Ok(ReadReport::default());
+        let mut at = 0;
+        while at < piece.len_bytes as usize {
+            let block = match self.resolve(&column, piece.row, in_unit, at, check, false) {
+                Verdict::Good { mut shards, .. } => Some(shards.swap_remove(shard)),
+                Verdict::Unrecoverable => check
+                    .filter(|_| shard < self.k())
+                    .and_then(|c| self.rebuild_block(&column, piece.row, in_unit, at, shard, c)),
+            };
+            let block = match block {
+                Some(block) => block,
+                // A read that flipped bits on the way looks like
+                // damage: read the column again before settling.
+                None if rereads < RESYNC_REREADS => {
+                    rereads += 1;
+                    column = self
+                        .read_column(legs, piece.row, in_unit, piece.len_bytes)
+                        .await;
+                    continue;
+                }
+                None => {
+                    match self.rebuild_as_it_stands(&column, piece.row, in_unit, at, shard, check) {
+                        Some(block) => block,
+                        None => {
+                            let offset = self.data_offset(
+                                piece.row,
+                                shard.min(self.k() - 1),
+                                in_unit + at as u64,
+                            );
+                            outcome = Err(unrecoverable(offset));
+                            break;
+                        }
+                    }
+                }
+            };
+            part[at..at + BLOCK].copy_from_slice(&block);
+            at += BLOCK;
+        }
+        (outcome, part)
+    }
 }
 
 /// Writes `bytes` at `offset_bytes` of leg `leg`; a leg that fails is
@@ -890,61 +950,7 @@ impl Redundancy for Parity {
         let rebuilds = pieces
             .iter()
             .zip(parts)
-            .map(|(piece, mut part)| async move {
-                let in_unit = piece.pe_offset_bytes % self.unit();
-                let shard = match piece.content {
-                    LegContent::Data { shard, .. } => shard,
-                    LegContent::Parity { index } => self.k() + index,
-                };
-                let _row = self.row_lock(legs, piece.row).lock().await;
-                let mut column = self
-                    .read_column(legs, piece.row, in_unit, piece.len_bytes)
-                    .await;
-                let mut rereads = 0;
-                let mut outcome = Ok(ReadReport::default());
-                let mut at = 0;
-                while at < piece.len_bytes as usize {
-                    let block = match self.resolve(&column, piece.row, in_unit, at, check, false) {
-                        Verdict::Good { mut shards, .. } => Some(shards.swap_remove(shard)),
-                        Verdict::Unrecoverable => {
-                            check.filter(|_| shard < self.k()).and_then(|c| {
-                                self.rebuild_block(&column, piece.row, in_unit, at, shard, c)
-                            })
-                        }
-                    };
-                    let block = match block {
-                        Some(block) => block,
-                        // A read that flipped bits on the way looks like
-                        // damage: read the column again before settling.
-                        None if rereads < RESYNC_REREADS => {
-                            rereads += 1;
-                            column = self
-                                .read_column(legs, piece.row, in_unit, piece.len_bytes)
-                                .await;
-                            continue;
-                        }
-                        None => {
-                            match self
-                                .rebuild_as_it_stands(&column, piece.row, in_unit, at, shard, check)
-                            {
-                                Some(block) => block,
-                                None => {
-                                    let offset = self.data_offset(
-                                        piece.row,
-                                        shard.min(self.k() - 1),
-                                        in_unit + at as u64,
-                                    );
-                                    outcome = Err(unrecoverable(offset));
-                                    break;
-                                }
-                            }
-                        }
-                    };
-                    part[at..at + BLOCK].copy_from_slice(&block);
-                    at += BLOCK;
-                }
-                (outcome, part)
-            });
+            .map(|(piece, part)| self.rebuild_piece(legs, piece, part, check));
         let (result, buf) = join(join_all(rebuilds).await, rest);
         (result.map(|_| ()), buf)
     }
