@@ -42,6 +42,8 @@ pub struct RebuildOptions {
     pub runtime_s: u64,
     /// Redundant layouts to measure (names as in `targets::LAYOUTS`).
     pub layouts: Vec<String>,
+    /// Each LV's `--maxrecoveryrate` (as lvcreate takes it); none: unlimited.
+    pub max_recovery_rate: Option<String>,
     pub json: Option<PathBuf>,
 }
 
@@ -50,6 +52,7 @@ pub fn parse(mut args: impl Iterator<Item = String>) -> Result<Command, String> 
     let rebuild = command == "rebuild";
     let (mut size_mib, mut rounds, mut json) = (if rebuild { 4096 } else { 1024 }, 3, None);
     let (mut runtime_s, mut ramp_s) = (if rebuild { 20 } else { 10 }, 2);
+    let mut max_recovery_rate = None;
     let mut layouts: Vec<String> = crate::targets::LAYOUTS
         .iter()
         .filter(|l| !rebuild || l.legs > 1)
@@ -68,6 +71,7 @@ pub fn parse(mut args: impl Iterator<Item = String>) -> Result<Command, String> 
             (_, "--json") => json = Some(PathBuf::from(&value)),
             ("fio" | "rebuild", "--runtime") => runtime_s = number("--runtime")?,
             ("fio", "--ramp") => ramp_s = number("--ramp")?,
+            ("rebuild", "--max-recovery-rate") => max_recovery_rate = Some(value),
             ("fio" | "rebuild", "--layouts") => {
                 layouts = value.split(',').map(str::to_string).collect()
             }
@@ -96,6 +100,7 @@ pub fn parse(mut args: impl Iterator<Item = String>) -> Result<Command, String> 
             size_mib,
             runtime_s,
             layouts,
+            max_recovery_rate,
             json,
         })),
         "fio" => Ok(Command::Fio(FioOptions {
@@ -150,5 +155,11 @@ mod tests {
         };
         assert_eq!((o.size_mib, o.runtime_s), (4096, 20));
         assert_eq!(o.layouts, ["raid1", "raid10", "raid5", "ec"]);
+        assert_eq!(o.max_recovery_rate, None);
+        let Ok(Command::Rebuild(o)) = parse_words("rebuild --max-recovery-rate 100m") else {
+            panic!("rebuild --max-recovery-rate refused");
+        };
+        assert_eq!(o.max_recovery_rate.as_deref(), Some("100m"));
+        assert!(parse_words("fio --max-recovery-rate 100m").is_err());
     }
 }

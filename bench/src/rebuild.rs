@@ -89,6 +89,7 @@ pub fn run(options: &RebuildOptions) -> Result<()> {
             "fio": fio_version,
             "size_mib": options.size_mib,
             "runtime_s": options.runtime_s,
+            "max_recovery_rate": options.max_recovery_rate,
             "disk_seq_write_mib_per_s": disk_write,
             "disk_seq_read_mib_per_s": disk_read,
             "layouts": rows.iter().map(|(spec, f)| row_json(spec, f)).collect::<Vec<Value>>(),
@@ -118,6 +119,9 @@ fn measure(server: &Server, spec: &LayoutSpec, options: &RebuildOptions) -> Resu
     let size = format!("{}m", options.size_mib);
     let mut lvcreate = vec!["lvcreate", "-L", size.as_str(), "-n", "lv", vg.as_str()];
     lvcreate.extend(spec.options);
+    if let Some(rate) = &options.max_recovery_rate {
+        lvcreate.extend(["--maxrecoveryrate", rate.as_str()]);
+    }
     for args in [pvcreate, vgcreate, lvcreate] {
         bv(server, &args)?;
     }
@@ -326,13 +330,17 @@ fn markdown(
     options: &RebuildOptions,
     fio_version: &str,
 ) -> String {
+    let limit = match &options.max_recovery_rate {
+        Some(rate) => format!("rebuilds limited to {rate} per second (`--maxrecoveryrate`)"),
+        None => "rebuilds unlimited".into(),
+    };
     let mut out = format!(
         "{fio_version}, {} MiB thick LVs in VGs of {PVS} PV files; 4k randread QD32 IOPS; \
-         the disk: {disk_write:.0} MiB/s sequential write, {disk_read:.0} MiB/s read\n\n\
+         the disk: {disk_write:.0} MiB/s sequential write, {disk_read:.0} MiB/s read; {limit}\n\n\
          | layout | healthy | 1 PV failed | rebuilding | repaired | rebuild MiB/s under load | \
          rebuild MiB/s idle | disk MiB/s the idle rebuild moves | of the disk's write bandwidth |\n\
          | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
-        options.size_mib
+        options.size_mib,
     );
     for (spec, f) in rows {
         let traffic = f.idle.mib_per_s() * (sources(spec) + 1) as f64;

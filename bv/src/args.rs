@@ -148,12 +148,17 @@ pub enum Command {
         #[command(flatten)]
         wait: WaitArgs,
     },
-    /// Change logical volumes: scrub a redundant one.
+    /// Change logical volumes: scrub a redundant one, or set how fast its
+    /// repairs and scrubs may go.
     Lvchange {
         /// check counts bad copies (raid_mismatch_count); repair also
         /// rewrites them from the good ones.
-        #[arg(long, value_parser = ["check", "repair"], required = true)]
-        syncaction: String,
+        #[arg(long, value_parser = ["check", "repair"], required_unless_present = "maxrecoveryrate")]
+        syncaction: Option<String>,
+        /// Most a repair, pvmove or scrub of the LV copies or checks per
+        /// second (default unit KiB; 0: unlimited), as LVM's.
+        #[arg(long)]
+        maxrecoveryrate: Option<String>,
         lv: String,
         #[command(flatten)]
         wait: WaitArgs,
@@ -202,6 +207,10 @@ pub struct LvcreateArgs {
     /// Erasure coding: K data + M parity shards, e.g. 4+2.
     #[arg(long = "ec")]
     pub ec: Option<String>,
+    /// Most a repair, pvmove or scrub of the LV copies or checks per
+    /// second (default unit KiB; 0: unlimited).
+    #[arg(long)]
+    pub maxrecoveryrate: Option<String>,
     /// Accepted for LVM compatibility; bv never prompts.
     #[arg(short, long)]
     pub yes: bool,

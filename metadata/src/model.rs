@@ -112,6 +112,41 @@ pub struct LvRecord {
     pub layout: Layout,
     /// Bumped at every lease grant; a commit carrying an older epoch is fenced.
     pub epoch: u64,
+    /// Bytes per second a repair, pvmove or scrub copies or checks of each
+    /// leg at most (LVM's `--maxrecoveryrate`); 0: as fast as it can.
+    pub max_recovery_rate: u64,
+}
+
+/// An LV record as written before it had a recovery rate.
+#[derive(Deserialize)]
+struct LvRecordWithoutRate {
+    id: LvId,
+    uuid: Uuid,
+    vg: VgId,
+    name: String,
+    size_bytes: u64,
+    thin: bool,
+    layout: Layout,
+    epoch: u64,
+}
+
+/// An LV record, in its current form or the one before recovery rates
+/// (which reads back as unlimited).
+pub(crate) fn decode_lv(bytes: &[u8]) -> MetaResult<LvRecord> {
+    decode::<LvRecord>(bytes, "LV record").or_else(|e| {
+        let old = decode::<LvRecordWithoutRate>(bytes, "LV record").map_err(|_| e)?;
+        Ok(LvRecord {
+            id: old.id,
+            uuid: old.uuid,
+            vg: old.vg,
+            name: old.name,
+            size_bytes: old.size_bytes,
+            thin: old.thin,
+            layout: old.layout,
+            epoch: old.epoch,
+            max_recovery_rate: 0,
+        })
+    })
 }
 
 /// A physical extent: PE number `pe` on PV `pv`.
@@ -250,6 +285,39 @@ mod tests {
         let with_bad = encode_checksums(&values, &[1, 3]);
         assert_eq!(decode_checksums(&with_bad).unwrap(), (values, vec![1, 3]));
         assert!(decode_checksums(&[]).is_err());
+    }
+
+    /// LV records written before recovery rates read back as unlimited.
+    #[test]
+    fn lv_records_read_the_form_without_a_recovery_rate() {
+        let record = LvRecord {
+            id: 4,
+            uuid: Uuid::new_v4(),
+            vg: 2,
+            name: "disk".into(),
+            size_bytes: 1 << 30,
+            thin: true,
+            layout: Layout::Linear,
+            epoch: 7,
+            max_recovery_rate: 0,
+        };
+        let older = encode(&(
+            record.id,
+            record.uuid,
+            record.vg,
+            &record.name,
+            record.size_bytes,
+            record.thin,
+            record.layout,
+            record.epoch,
+        ));
+        assert_eq!(decode_lv(&older).unwrap(), record);
+        let limited = LvRecord {
+            max_recovery_rate: 64 << 20,
+            ..record
+        };
+        assert_eq!(decode_lv(&encode(&limited)).unwrap(), limited);
+        assert!(decode_lv(&older[..older.len() - 1]).is_err());
     }
 
     #[test]

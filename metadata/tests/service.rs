@@ -92,6 +92,43 @@ fn lifecycle_persists_across_reopen() {
 }
 
 #[test]
+fn recovery_rates_persist_and_only_redundant_lvs_take_one() {
+    let fx = Fixture::new();
+    {
+        let svc = pool(&fx, 2, 10);
+        let mirror = Layout::Raid1 { copies: 2 };
+        let lv = svc
+            .create_lv_with_rate("vg", "mirror", 8 * MIB, true, mirror, 64 * MIB)
+            .unwrap();
+        assert_eq!(lv.max_recovery_rate, 64 * MIB);
+        svc.create_lv("vg", "plain", 8 * MIB, true, Layout::Linear)
+            .unwrap();
+        let refused = svc.set_max_recovery_rate("vg", "plain", MIB);
+        assert!(
+            matches!(&refused, Err(MetaError::InvalidArgument(m)) if m.contains("redundant")),
+            "{refused:?}"
+        );
+        let refused = svc.create_lv_with_rate("vg", "fast", 8 * MIB, true, Layout::Linear, MIB);
+        assert!(matches!(refused, Err(MetaError::InvalidArgument(_))));
+        assert!(svc.lookup_lv("vg", "fast").is_err(), "nothing half-made");
+        assert!(matches!(
+            svc.set_max_recovery_rate("vg", "nope", MIB),
+            Err(MetaError::NotFound(_))
+        ));
+        // 0 is "unlimited", valid for any layout.
+        svc.set_max_recovery_rate("vg", "plain", 0).unwrap();
+        let changed = svc.set_max_recovery_rate("vg", "mirror", 3 * MIB).unwrap();
+        assert_eq!(changed.max_recovery_rate, 3 * MIB);
+        // A lease grant keeps the rate.
+        svc.acquire("vg", "mirror", "test").unwrap();
+    }
+    let svc = fx.open();
+    let (mirror, _) = svc.lookup_lv("vg", "mirror").unwrap();
+    assert_eq!(mirror.max_recovery_rate, 3 * MIB);
+    assert_eq!(svc.lookup_lv("vg", "plain").unwrap().0.max_recovery_rate, 0);
+}
+
+#[test]
 fn refused_operations_change_nothing() {
     let fx = Fixture::new();
     let svc = pool(&fx, 1, 4);

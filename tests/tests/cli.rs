@@ -369,10 +369,18 @@ fn redundancy_verbs_and_their_errors() {
     assert!(rows(&json(&server, "lvs"), "lv").is_empty());
 
     server.bv_ok(&lvcreate("-V 16m -n plain vg"));
-    server.bv_ok(&lvcreate("--type raid1 -m 1 -V 16m -n mirror vg"));
+    server.bv_ok(&lvcreate(
+        "--type raid1 -m 1 --maxrecoveryrate 512 -V 16m -n mirror vg",
+    ));
     let mirror = server.lv_report("vg", "mirror");
     assert_eq!(mirror["segtype"], "raid1", "{mirror}");
     assert_eq!(mirror["lv_health_status"], "", "{mirror}");
+    // LVM's default unit for a rate is KiB.
+    assert_eq!(mirror["raid_max_recovery_rate"], "524288", "{mirror}");
+    let out = server.bv_ok(&["lvchange", "--maxrecoveryrate", "2m", "vg/mirror"]);
+    assert!(out.contains("vg/mirror changed"), "{out}");
+    let mirror = server.lv_report("vg", "mirror");
+    assert_eq!(mirror["raid_max_recovery_rate"], "2097152", "{mirror}");
 
     let refused: &[(&[&str], i32, &str)] = &[
         // Repair and scrub are for redundant LVs.
@@ -388,6 +396,32 @@ fn redundancy_verbs_and_their_errors() {
             "'fix'",
         ),
         (&["lvconvert", "--repair", "vg/nope"], FAILED, "not found"),
+        // Recovery rates are for redundant LVs, and are sizes per second.
+        (
+            &["lvchange", "--maxrecoveryrate", "1m", "vg/plain"],
+            FAILED,
+            "needs a redundant layout",
+        ),
+        (
+            &["lvchange", "--maxrecoveryrate", "fast", "vg/mirror"],
+            USAGE,
+            "invalid size \"fast\"",
+        ),
+        (&["lvchange", "vg/mirror"], USAGE, "--syncaction"),
+        (
+            &[
+                "lvcreate",
+                "--maxrecoveryrate",
+                "1m",
+                "-V",
+                "16m",
+                "-n",
+                "r",
+                "vg",
+            ],
+            FAILED,
+            "needs a redundant layout",
+        ),
         // Fault modes.
         (
             &["pvchange", "--fault", "melt", "c.img"],

@@ -337,6 +337,68 @@ fn failed_pvs_persist_until_repaired_and_removed() {
     server.bv_ok(&["pvremove", "vg-pv0.img"]);
 }
 
+/// A repair keeps to the LV's `--maxrecoveryrate`: it starts each extent
+/// once the ones before have had their time at that rate, and loses
+/// nothing. (A lower bound on the time taken: a slow machine only makes
+/// it longer.)
+#[test]
+fn repair_keeps_to_the_recovery_rate() {
+    let server = server();
+    server.make_vg("vg", 3, "64m");
+    server.bv_ok(&[
+        "lvcreate", "--type", "raid1", "-m", "1", "-L", "32m", "-n", "lv", "vg",
+    ]);
+    let expected = random_bytes(32 * MIB, 13);
+    write(&server, "vg/lv", 0, &expected);
+    let rate = 4 * MIB;
+    server.bv_ok(&["lvchange", "--maxrecoveryrate", "4m", "vg/lv"]);
+    assert_eq!(
+        server.lv_report("vg", "lv")["raid_max_recovery_rate"],
+        rate.to_string()
+    );
+    fail_pv(&server, "vg-pv0.img");
+    wait_failed(&server, "vg-pv0.img");
+    let degraded: usize = server.lv_report("vg", "lv")["lv_degraded_extents"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(degraded >= 2, "{degraded} extents to rebuild");
+    let vgs = server.bv_ok(&[
+        "vgs",
+        "--reportformat",
+        "json",
+        "--units",
+        "b",
+        "--nosuffix",
+        "-o",
+        "vg_extent_size",
+        "vg",
+    ]);
+    let vgs: Value = serde_json::from_str(&vgs).unwrap();
+    let extent_bytes: usize = vgs["report"][0]["vg"][0]["vg_extent_size"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    let started = Instant::now();
+    server.bv_ok(&["lvconvert", "--repair", "vg/lv"]);
+    let took = started.elapsed();
+    // The last extent starts once the others had their time.
+    let least = Duration::from_secs_f64(((degraded - 1) * extent_bytes) as f64 / rate as f64);
+    assert!(
+        took >= least,
+        "{degraded} extents of {extent_bytes} bytes at {rate} B/s took {took:?}"
+    );
+    assert_eq!(health(&server, "vg", "lv"), "");
+    assert_intact(&server, "vg/lv", &expected, "after a paced repair");
+
+    // Unlimited again: 0 clears it.
+    server.bv_ok(&["lvchange", "--maxrecoveryrate", "0", "vg/lv"]);
+    assert_eq!(server.lv_report("vg", "lv")["raid_max_recovery_rate"], "0");
+}
+
 /// pvmove empties a PV while clients read, for a linear and a raid5 LV.
 #[test]
 fn pvmove_empties_a_pv_online() {

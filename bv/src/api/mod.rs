@@ -85,6 +85,9 @@ pub struct CreateLv {
     pub size_bytes: u64,
     pub thin: bool,
     pub layout: metadata::Layout,
+    /// `--maxrecoveryrate`, bytes per second; 0: unlimited.
+    #[serde(default)]
+    pub max_recovery_rate: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -109,6 +112,15 @@ pub struct SyncAction {
     pub name: String,
     /// Rewrite bad copies (`repair`) or only count them (`check`).
     pub repair: bool,
+}
+
+/// `lvchange --maxrecoveryrate RATE VG/LV`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SetRecoveryRate {
+    pub vg: String,
+    pub name: String,
+    /// Bytes per second; 0: unlimited.
+    pub max_recovery_rate: u64,
 }
 
 /// What a maintenance job does.

@@ -11,7 +11,8 @@ use serde::Serialize;
 
 use super::{
     ApiError, ChangePv, ChangeVg, CreateLv, CreatePv, CreateVg, ErrorBody, ExtendLv, LvName,
-    MovePv, RemoveMissing, RemovePv, RemoveVg, ServerStatus, SetFaultPolicy, SyncAction,
+    MovePv, RemoveMissing, RemovePv, RemoveVg, ServerStatus, SetFaultPolicy, SetRecoveryRate,
+    SyncAction,
 };
 use crate::serve::Server;
 
@@ -36,6 +37,7 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/v1/lvremove", post(lvremove))
         .route("/v1/lvconvert-repair", post(lvconvert_repair))
         .route("/v1/lvchange-syncaction", post(lvchange_syncaction))
+        .route("/v1/lvchange-recovery-rate", post(lvchange_recovery_rate))
         .route("/v1/jobs", get(jobs))
         .route("/v1/jobs/{id}", get(job))
         .route("/metrics", get(metrics))
@@ -141,6 +143,13 @@ async fn lvconvert_repair(State(server): Shared, Json(request): Json<LvName>) ->
 
 async fn lvchange_syncaction(State(server): Shared, Json(request): Json<SyncAction>) -> Response {
     reply(server.start_scrub(&request.vg, &request.name, request.repair))
+}
+
+async fn lvchange_recovery_rate(
+    State(server): Shared,
+    Json(request): Json<SetRecoveryRate>,
+) -> Response {
+    reply(server.set_recovery_rate(request).await)
 }
 
 async fn metrics(State(server): Shared) -> Response {

@@ -13,7 +13,8 @@ use metadata::{LvRecord, PvRecord, VgRecord};
 use crate::api::client::Client;
 use crate::api::{
     ChangePv, ChangeVg, CreateLv, CreatePv, CreateVg, ExtendLv, JobState, JobStatus, LvName,
-    MovePv, RemoveMissing, RemovePv, RemoveVg, Reports, SetFaultPolicy, SyncAction,
+    MovePv, RemoveMissing, RemovePv, RemoveVg, Reports, SetFaultPolicy, SetRecoveryRate,
+    SyncAction,
 };
 use crate::args::{Command, LvcreateArgs, ReportArgs, ReportFormat};
 use crate::size::{parse_size, parse_size_arg, SizeArg, Units, MIB};
@@ -267,6 +268,7 @@ pub async fn run(command: Command, socket: &Path) -> i32 {
         }
         Command::Lvchange {
             syncaction,
+            maxrecoveryrate,
             lv,
             wait,
         } => {
@@ -274,12 +276,41 @@ pub async fn run(command: Command, socket: &Path) -> i32 {
                 Ok(names) => names,
                 Err(e) => return usage(verb, e),
             };
-            let request = SyncAction {
-                vg,
-                name,
-                repair: syncaction == "repair",
+            let rate = match maxrecoveryrate.as_deref().map(parse_recovery_rate) {
+                Some(Err(e)) => return usage(verb, e),
+                Some(Ok(rate)) => Some(rate),
+                None => None,
             };
-            match job(&client, "/v1/lvchange-syncaction", &request, wait.background).await {
+            let rate_set = match rate {
+                None => true,
+                Some(max_recovery_rate) => {
+                    let request = SetRecoveryRate {
+                        vg: vg.clone(),
+                        name: name.clone(),
+                        max_recovery_rate,
+                    };
+                    match client
+                        .post::<_, LvRecord>("/v1/lvchange-recovery-rate", &request)
+                        .await
+                    {
+                        Ok(_) => {
+                            println!("  Logical volume {lv} changed.");
+                            true
+                        }
+                        Err(e) => {
+                            fail(e.message);
+                            false
+                        }
+                    }
+                }
+            };
+            if let Some(syncaction) = syncaction.filter(|_| rate_set) {
+                let request = SyncAction {
+                    vg,
+                    name,
+                    repair: syncaction == "repair",
+                };
+                match job(&client, "/v1/lvchange-syncaction", &request, wait.background).await {
                 Ok(None) => println!(
                     "  {syncaction} of {lv} started in the background; `bv lvs -o +raid_sync_action,raid_mismatch_count` follows it."
                 ),
@@ -287,7 +318,8 @@ pub async fn run(command: Command, socket: &Path) -> i32 {
                     "  {lv}: {syncaction} done: {}.",
                     done.message.unwrap_or_default()
                 ),
-                Err(e) => fail(e),
+                    Err(e) => fail(e),
+                }
             }
         }
         Command::Lvremove { lvs, .. } => {
@@ -444,7 +476,17 @@ fn lvcreate_request(args: &LvcreateArgs) -> Result<CreateLv, String> {
         size_bytes: parse_size(size, MIB)?,
         thin,
         layout: layout::layout_from(args)?,
+        max_recovery_rate: args
+            .maxrecoveryrate
+            .as_deref()
+            .map_or(Ok(0), parse_recovery_rate)?,
     })
+}
+
+/// A `--maxrecoveryrate`: bytes per second, KiB when no unit is given (as
+/// in LVM).
+fn parse_recovery_rate(text: &str) -> Result<u64, String> {
+    parse_size(text, 1 << 10).map_err(|e| format!("--maxrecoveryrate: {e}"))
 }
 
 /// Keeps the rows whose name is listed (all when none is); an unknown name

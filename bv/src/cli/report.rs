@@ -137,6 +137,11 @@ impl Report {
                         },
                     ),
                     ("raid_mismatch_count", None, lv.mismatches.to_string()),
+                    (
+                        "raid_max_recovery_rate",
+                        None,
+                        units.format(r.record.max_recovery_rate),
+                    ),
                     ("lv_degraded_extents", None, r.degraded_extents.to_string()),
                     ("lv_lost_extents", None, r.lost_extents.to_string()),
                     ("lv_uuid", None, r.record.uuid.to_string()),
@@ -294,6 +299,7 @@ fn heading_of(field: &'static str) -> &'static str {
         "sync_percent" => "Cpy%Sync",
         "raid_sync_action" => "SyncAction",
         "raid_mismatch_count" => "Mismatches",
+        "raid_max_recovery_rate" => "MaxSync",
         "lv_degraded_extents" => "Degraded",
         "lv_lost_extents" => "Lost",
         other => other,
@@ -452,6 +458,13 @@ pub fn lvdisplay(lv: &LvStatus) -> String {
         line("Cpy%Sync", format!("{percent:.2}%"));
         line("Sync action", lv.sync_action.clone());
         line("Mismatches", lv.mismatches.to_string());
+        line(
+            "Max recovery rate",
+            match r.record.max_recovery_rate {
+                0 => "unlimited".into(),
+                rate => format!("{}/s", units.format(rate)),
+            },
+        );
     }
     line("NBD export", lv.export_uri.clone());
     out

@@ -60,6 +60,7 @@ fn snapshot() -> Snapshot {
             thin: true,
             layout: Layout::Linear,
             epoch: 3,
+            max_recovery_rate: 0,
         },
         vg_name: "vg0".into(),
         extent_bytes: 4 << 20,

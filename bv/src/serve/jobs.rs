@@ -12,6 +12,10 @@
 //! One job of a kind per target at a time: a second `lvconvert --repair` of
 //! the same LV is refused while the first runs; a repair started while a
 //! check runs goes ahead (both take each extent in turn).
+//!
+//! Each job keeps to its LV's `--maxrecoveryrate` (`pace.rs`), counting
+//! the bytes of the legs it writes (repair, pvmove) or of each leg it
+//! verifies (check, repair).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,6 +28,7 @@ use futures::StreamExt;
 use metadata::PvId;
 use parking_lot::Mutex;
 
+use super::pace::Pace;
 use super::Server;
 use crate::api::{ApiError, JobKind, JobState, JobStatus};
 use crate::metrics::snapshot::JobTotals;
@@ -247,6 +252,7 @@ impl Server {
         // this runs adds extents, which the next pass picks up.
         let mut given_up: BTreeMap<u64, String> = BTreeMap::new();
         let (mut extents, mut legs) = (0u64, 0u64);
+        let pace = &Pace::default();
         loop {
             let pending: Vec<u64> = volume
                 .degraded_extents()
@@ -259,7 +265,15 @@ impl Server {
             }
             job.add_total(pending.len() as u64);
             let mut rebuilt = futures::stream::iter(pending)
-                .map(|le| async move { (le, volume.replace_legs(le, failed).await) })
+                .map(|le| async move {
+                    let lost = volume
+                        .placement(le)
+                        .await
+                        .map_or(0, |p| p.into_iter().filter(|pe| failed(*pe)).count());
+                    pace.wait(lost as u64 * pe_bytes, self.recovery_rate(name))
+                        .await;
+                    (le, volume.replace_legs(le, failed).await)
+                })
                 .buffer_unordered(REBUILDS_IN_FLIGHT);
             while let Some((le, result)) = rebuilt.next().await {
                 match result {
@@ -294,7 +308,7 @@ impl Server {
     /// block of every copy against its checksum, rewriting bad copies from
     /// the good ones when `repair`.
     pub fn start_scrub(&self, vg: &str, lv: &str, repair: bool) -> Result<JobStatus, ApiError> {
-        let (record, _) = self.service.lookup_lv(vg, lv)?;
+        let (record, vg_record) = self.service.lookup_lv(vg, lv)?;
         let name = format!("{vg}/{lv}");
         if !record.layout.is_redundant() {
             return Err(ApiError::new(
@@ -314,7 +328,9 @@ impl Server {
         let server = self.me.upgrade().expect("the server is alive");
         let status = job.status();
         tokio::spawn(async move {
-            let outcome = server.scrub(&name, &job, repair).await;
+            let outcome = server
+                .scrub(&name, &job, repair, vg_record.extent_bytes)
+                .await;
             let found = job.status().mismatches;
             server.jobs.last_mismatches.lock().insert(name, found);
             job.finish(outcome);
@@ -322,13 +338,21 @@ impl Server {
         Ok(status)
     }
 
-    async fn scrub(&self, name: &str, job: &Job, repair: bool) -> Result<String, String> {
+    async fn scrub(
+        &self,
+        name: &str,
+        job: &Job,
+        repair: bool,
+        pe_bytes: u64,
+    ) -> Result<String, String> {
         let lv = self.volumes.open(name).await.map_err(|e| e.to_string())?;
         let volume = &lv.volume;
         let count = volume.extent_count();
         job.add_total(count);
+        let pace = Pace::default();
         for le in 0..count {
             if volume.placement(le).await.is_some() {
+                pace.wait(pe_bytes, self.recovery_rate(name)).await;
                 let report = volume
                     .scrub_extent(le, repair)
                     .await
@@ -411,9 +435,11 @@ impl Server {
             .filter(|(lv_vg, _)| lv_vg == vg)
             .map(|(vg, lv)| format!("{vg}/{lv}"))
             .collect();
+        let pace = Pace::default();
         for name in names {
             let lv = self.volumes.open(&name).await.map_err(|e| e.to_string())?;
             for le in lv.volume.extents_with_legs(on_pv).await {
+                pace.wait(pe_bytes, self.recovery_rate(&name)).await;
                 let count = lv
                     .volume
                     .replace_legs(le, on_pv)
@@ -424,5 +450,13 @@ impl Server {
             }
         }
         Ok(format!("moved {moved} extent legs"))
+    }
+
+    /// `VG/LV`'s `--maxrecoveryrate` now (0, unlimited, if it is gone:
+    /// the job's own I/O then reports why).
+    fn recovery_rate(&self, name: &str) -> u64 {
+        name.split_once('/')
+            .and_then(|(vg, lv)| self.service.lookup_lv(vg, lv).ok())
+            .map_or(0, |(record, _)| record.max_recovery_rate)
     }
 }

@@ -8,7 +8,7 @@ use metadata::{LvRecord, MetaResult, PvRecord, VgRecord};
 use super::Server;
 use crate::api::{
     ApiError, ChangeVg, CreateLv, CreateVg, ExtendLv, LvName, LvStatus, RemoveMissing, RemoveVg,
-    Reports, SetFaultPolicy,
+    Reports, SetFaultPolicy, SetRecoveryRate,
 };
 
 impl Server {
@@ -86,13 +86,23 @@ impl Server {
     pub async fn create_lv(&self, request: CreateLv) -> Result<LvRecord, ApiError> {
         let _turn = self.manage.lock().await;
         self.metadata(move |s| {
-            s.create_lv(
+            s.create_lv_with_rate(
                 &request.vg,
                 &request.name,
                 request.size_bytes,
                 request.thin,
                 request.layout,
+                request.max_recovery_rate,
             )
+        })
+        .await
+    }
+
+    /// `lvchange --maxrecoveryrate`: jobs read the rate as they go.
+    pub async fn set_recovery_rate(&self, request: SetRecoveryRate) -> Result<LvRecord, ApiError> {
+        let _turn = self.manage.lock().await;
+        self.metadata(move |s| {
+            s.set_max_recovery_rate(&request.vg, &request.name, request.max_recovery_rate)
         })
         .await
     }

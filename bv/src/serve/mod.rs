@@ -20,6 +20,7 @@ mod failures;
 mod jobs;
 mod manage;
 mod metrics;
+mod pace;
 mod pvs;
 
 use std::collections::HashMap;

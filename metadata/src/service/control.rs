@@ -253,7 +253,22 @@ impl Service {
         thin: bool,
         layout: Layout,
     ) -> MetaResult<LvRecord> {
+        self.create_lv_with_rate(vg_name, name, size_bytes, thin, layout, 0)
+    }
+
+    /// [`create_lv`](Self::create_lv) with a maximum recovery rate (bytes
+    /// per second; 0: unlimited), which only a redundant layout takes.
+    pub fn create_lv_with_rate(
+        &self,
+        vg_name: &str,
+        name: &str,
+        size_bytes: u64,
+        thin: bool,
+        layout: Layout,
+        max_recovery_rate: u64,
+    ) -> MetaResult<LvRecord> {
         validate_name("logical volume", name)?;
+        check_recovery_rate(&format!("{vg_name}/{name}"), layout, max_recovery_rate)?;
         let mut st = self.state.lock();
         let vg = st.vg_by_name(vg_name)?.clone();
         if st
@@ -290,6 +305,7 @@ impl Service {
             thin,
             layout,
             epoch: 0,
+            max_recovery_rate,
         };
         let placements = if thin {
             Vec::new()
@@ -442,6 +458,35 @@ impl Service {
             st.evacuating.remove(&pv);
         }
         Ok(())
+    }
+
+    /// Sets how fast repair, pvmove and scrub may copy or check each leg
+    /// of a redundant LV (bytes per second; 0: unlimited). Takes effect
+    /// for the extents a running job starts after the change.
+    pub fn set_max_recovery_rate(
+        &self,
+        vg_name: &str,
+        name: &str,
+        max_recovery_rate: u64,
+    ) -> MetaResult<LvRecord> {
+        let mut st = self.state.lock();
+        let record = st.lv_by_name(vg_name, name)?.record.clone();
+        check_recovery_rate(
+            &format!("{vg_name}/{name}"),
+            record.layout,
+            max_recovery_rate,
+        )?;
+        let changed = LvRecord {
+            max_recovery_rate,
+            ..record
+        };
+        self.store.write(vec![Change::Put(
+            Table::Lvs,
+            id_key(changed.id),
+            encode(&changed),
+        )])?;
+        st.lvs.get_mut(&changed.id).expect("LV exists").record = changed.clone();
+        Ok(changed)
     }
 
     /// Sets what happens when a PV of the VG fails.
@@ -641,4 +686,16 @@ fn extent_puts(
             encode(&entry),
         )
     })
+}
+
+/// A recovery rate only means something where there is redundancy to
+/// rebuild or check (LVM refuses it on non-RAID LVs too).
+fn check_recovery_rate(lv: &str, layout: Layout, rate: u64) -> MetaResult<()> {
+    if rate > 0 && !layout.is_redundant() {
+        return Err(MetaError::InvalidArgument(format!(
+            "{lv} is {}: a recovery rate needs a redundant layout (raid1, raid5, raid10, ec)",
+            layout.describe()
+        )));
+    }
+    Ok(())
 }

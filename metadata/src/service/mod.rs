@@ -33,7 +33,8 @@ use parking_lot::Mutex;
 use crate::alloc::PeAllocator;
 use crate::error::{MetaError, MetaResult};
 use crate::model::{
-    decode, split_pair_key, ExtentEntry, LvId, LvRecord, PeAddr, PvId, PvRecord, VgId, VgRecord,
+    decode, decode_lv, split_pair_key, ExtentEntry, LvId, LvRecord, PeAddr, PvId, PvRecord, VgId,
+    VgRecord,
 };
 use crate::store::{KvStore, Table};
 
@@ -133,7 +134,7 @@ fn load(store: &dyn KvStore) -> MetaResult<State> {
         }
     }
     for (_, value) in store.scan_prefix(Table::Lvs, &[])? {
-        let lv: LvRecord = decode(&value, "LV record")?;
+        let lv = decode_lv(&value)?;
         if !state.vgs.contains_key(&lv.vg) {
             return Err(MetaError::Corrupt(format!(
                 "LV {} in unknown VG id {}",
