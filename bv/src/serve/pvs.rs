@@ -12,11 +12,14 @@ use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use blockvirt::label::{read_label, wipe_label, write_label, PvLabel};
 use blockvirt::leaf::{FaultMode, Faulty, FileDevice, FileOptions};
 use blockvirt::volume::{PvHandle, PvSet};
-use blockvirt::{BlockDevice, ByteRange, Checked, Counted, IoBufMut, WriteFlags, IO_ALIGN};
+use blockvirt::{
+    BlockDevice, ByteRange, Checked, Counted, ErrorKind, IoBufMut, WriteFlags, IO_ALIGN,
+};
 use metadata::model::{pv_data_offset, PV_LABEL_AREA_BYTES};
 use metadata::{PvId, PvRecord, PvReport, Service};
 use uuid::Uuid;
@@ -69,9 +72,32 @@ pub async fn open_all(
     states
 }
 
+/// How long start-up waits for a PV another process holds locked. A
+/// server killed a moment ago still holds its PVs while the kernel tears
+/// down its io_uring ring (requests in flight keep their files open), so
+/// a restart right after a crash would otherwise find every PV busy.
+const LOCK_WAIT: Duration = Duration::from_secs(10);
+
 async fn open_pv(record: &PvRecord, options: FileOptions) -> Result<PvDevice, String> {
     let device = FileDevice::open(&record.path, options).map_err(|e| e.to_string())?;
-    device.lock_exclusive().map_err(|e| e.to_string())?;
+    let waiting_since = Instant::now();
+    loop {
+        match device.lock_exclusive() {
+            Ok(()) if waiting_since.elapsed() >= Duration::from_millis(50) => {
+                tracing::info!(
+                    "PV {}: locked after waiting {:?} for another process to let go of it",
+                    record.path.display(),
+                    waiting_since.elapsed()
+                );
+                break;
+            }
+            Ok(()) => break,
+            Err(e) if e.kind() == ErrorKind::Busy && waiting_since.elapsed() < LOCK_WAIT => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
     match read_label(&device).await.map_err(|e| e.to_string())? {
         Some(label) if label.uuid == record.uuid => {}
         Some(label) => {
