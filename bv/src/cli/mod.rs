@@ -311,13 +311,13 @@ pub async fn run(command: Command, socket: &Path) -> i32 {
                     repair: syncaction == "repair",
                 };
                 match job(&client, "/v1/lvchange-syncaction", &request, wait.background).await {
-                Ok(None) => println!(
-                    "  {syncaction} of {lv} started in the background; `bv lvs -o +raid_sync_action,raid_mismatch_count` follows it."
-                ),
-                Ok(Some(done)) => println!(
-                    "  {lv}: {syncaction} done: {}.",
-                    done.message.unwrap_or_default()
-                ),
+                    Ok(None) => println!(
+                        "  {syncaction} of {lv} started in the background; `bv lvs -o +raid_sync_action,raid_mismatch_count` follows it."
+                    ),
+                    Ok(Some(done)) => println!(
+                        "  {lv}: {syncaction} done: {}.",
+                        done.message.unwrap_or_default()
+                    ),
                     Err(e) => fail(e),
                 }
             }
