@@ -55,9 +55,16 @@ def write(uri, seed, log_path, state_path):
     rng = random.Random(seed)
     # Above every id still visible, so each block names exactly one op.
     first_op = max(load_state(state_path)) + 1
-    h = nbd.NBD()
-    h.connect_uri(uri)
+    # The log is emptied first: a writer that never got to connect (the
+    # server killed before it did) leaves no events, rather than the last
+    # round's.
     with open(log_path, "w") as log:
+        h = nbd.NBD()
+        try:
+            h.connect_uri(uri)
+        except nbd.Error:
+            return  # the server went away before anything was written
+
         def record(event):
             log.write(json.dumps(event) + "\n")
             log.flush()
