@@ -292,6 +292,24 @@ impl Server {
             .unwrap_or_else(|| panic!("{path} not in pvs: {out}"))
     }
 
+    /// The `vgs --reportformat json -o FIELDS` row of VG `vg`, sizes in
+    /// bytes.
+    pub fn vg_report(&self, vg: &str, fields: &str) -> serde_json::Value {
+        let out = self.bv_ok(&[
+            "vgs",
+            "--reportformat",
+            "json",
+            "--units",
+            "b",
+            "--nosuffix",
+            "-o",
+            fields,
+            vg,
+        ]);
+        let parsed: serde_json::Value = serde_json::from_str(&out).expect("vgs json");
+        parsed["report"][0]["vg"][0].clone()
+    }
+
     /// Polls `done` every 100 ms until it holds; panics with `what` and
     /// the server log after `limit`.
     pub fn wait_until(&self, what: &str, limit: Duration, mut done: impl FnMut() -> bool) {

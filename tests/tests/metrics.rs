@@ -286,18 +286,10 @@ fn metrics_follow_real_nbd_traffic_and_pass_promtool() {
     );
 
     // The VG and PV numbers are those `vgs` and `pvs` report.
-    let vgs: Value = serde_json::from_str(&server.bv_ok(&[
-        "vgs",
-        "--reportformat",
-        "json",
-        "--units",
-        "b",
-        "--nosuffix",
-        "-o",
+    let row = &server.vg_report(
+        "vg",
         "vg_name,vg_size,vg_extent_size,vg_extent_count,vg_free_count",
-    ]))
-    .unwrap();
-    let row = &vgs["report"][0]["vg"][0];
+    );
     let number = |key: &str| -> f64 { row[key].as_str().unwrap().parse().unwrap() };
     let vg = [("vg", "vg")];
     assert_eq!(

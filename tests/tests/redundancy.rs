@@ -364,19 +364,7 @@ fn repair_keeps_to_the_recovery_rate() {
         .parse()
         .unwrap();
     assert!(degraded >= 2, "{degraded} extents to rebuild");
-    let vgs = server.bv_ok(&[
-        "vgs",
-        "--reportformat",
-        "json",
-        "--units",
-        "b",
-        "--nosuffix",
-        "-o",
-        "vg_extent_size",
-        "vg",
-    ]);
-    let vgs: Value = serde_json::from_str(&vgs).unwrap();
-    let extent_bytes: usize = vgs["report"][0]["vg"][0]["vg_extent_size"]
+    let extent_bytes: usize = server.vg_report("vg", "vg_extent_size")["vg_extent_size"]
         .as_str()
         .unwrap()
         .parse()
