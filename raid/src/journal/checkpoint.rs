@@ -2,7 +2,8 @@
 //!
 //! ```text
 //!  1. choose entries: the completed prefix, or everything logged so far
-//!     (after waiting for it to complete)
+//!     (after waiting for it to complete); and the record entries nobody
+//!     pins any more (`records.rs`)
 //!  2. flush every PV those entries wrote in place
 //!  3. write the header with the new tail, FUA, into the other slot
 //!  4. free their ring space and forget their rows
@@ -55,10 +56,15 @@ impl PvJournal {
         let (targets, header) = {
             let state = self.lock();
             state.usable(self.pv)?;
-            if upto <= state.header.tail_seq {
+            let records_upto = state.records.retirable_end();
+            if upto <= state.header.tail_seq && records_upto <= state.header.records_tail_seq {
                 return Ok(0);
             }
-            (state.targets_before(upto), state.header_retiring(upto))
+            let upto = upto.max(state.header.tail_seq);
+            (
+                state.targets_before(upto),
+                state.header_retiring(upto, records_upto),
+            )
         };
         flush_targets(pvs, &targets).await;
         if let Err(e) = write_header(&self.device, self.region, &header).await {

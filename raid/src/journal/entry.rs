@@ -253,6 +253,14 @@ pub struct RecoveryReport {
     /// In-place byte ranges of older entries left alone because an entry
     /// found in place had written them since.
     pub writes_superseded: u64,
+    /// Record entries (checksums of mirror writes) found whole.
+    pub records_found: u64,
+    /// Recorded blocks whose copies differed and now all hold the copy
+    /// that matched the newest record.
+    pub record_blocks_settled: u64,
+    /// Recorded blocks whose copies differed and matched no record: left
+    /// to the volume's resync.
+    pub record_blocks_unsettled: u64,
     /// Per journal, by PV.
     pub journals: BTreeMap<PvId, JournalRecovery>,
 }

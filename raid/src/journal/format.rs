@@ -1,4 +1,4 @@
-//! The journal's on-disk format, version 2: the header slots and the entry
+//! The journal's on-disk format, version 3: the header slots and the entry
 //! header block, as bytes. Pure encode and decode, no I/O; the region and
 //! ring layout around them is drawn in the module doc (`journal/mod.rs`).
 //!
@@ -18,16 +18,21 @@
 //!  48 header sequence (slot = seq % 2) 48 entry bytes (this block + payload)
 //!  56 tail sequence                    56 row: PE's PV id, PE number, row
 //!  64 tail offset (ring bytes)         80 payload CRC-32C (u32), reserved (u32)
-//!  72 zeroes                           84 kind (u32): 0 writes, 1 intent
-//!                                      88 targets: (PV id, device offset, bytes) x n
+//!  72 record ring bytes                84 kind (u32): 0 writes, 1 intent, 2 records
+//!  80 record tail sequence             88 targets: (PV id, device offset, bytes) x n
+//!  88 record tail offset (its ring)
+//!  96 zeroes
 //!  4092 CRC-32C of bytes 0..4092       4092 CRC-32C of bytes 0..4092
 //! ```
 //!
 //! A *writes* entry's payload is the targets' bytes, in target order; an
 //! *intent* entry's is the checksum table of a full-row write
-//! (`intent.rs`), whole blocks, its size given by the entry bytes.
+//! (`intent.rs`), a *records* entry's the checksums of mirror writes
+//! (`records.rs`): whole blocks, their size given by the entry bytes.
 //! Version 2 added the kind (version 1 had zeroes there, and only writes
-//! entries); this build reads both and writes 2.
+//! entries); version 3 the record ring at the region's end (older headers
+//! have zeroes there: no record ring) and the records kind. This build
+//! reads all three and writes 3.
 //!
 //! The magic, the version and the CRC's place are the same in every format
 //! version, so a newer journal is recognized and refused, never overwritten.
@@ -39,7 +44,7 @@ use super::entry::RowKey;
 /// The unit of everything in the region: header slots, entries, payloads.
 pub const BLOCK_BYTES: u64 = 4096;
 /// The format this code writes; it reads this one and every older one.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 /// Two header slots written in turn, so a torn header write leaves the
 /// previous header intact.
 pub const HEADER_SLOTS: u64 = 2;
@@ -100,6 +105,13 @@ pub struct JournalHeader {
     /// Ring offset where that entry starts (or the ring start, if it
     /// wrapped).
     pub tail_offset_bytes: u64,
+    /// Bytes of the record ring at the end of the region; 0 for none (a
+    /// journal formatted by an older version, until it is next emptied).
+    pub records_bytes: u64,
+    /// The record ring's oldest record entry not retired, and where it
+    /// starts in that ring.
+    pub records_tail_seq: u64,
+    pub records_tail_offset_bytes: u64,
 }
 
 impl JournalHeader {
@@ -119,6 +131,9 @@ impl JournalHeader {
         put_u64(&mut block, 48, self.header_seq);
         put_u64(&mut block, 56, self.tail_seq);
         put_u64(&mut block, 64, self.tail_offset_bytes);
+        put_u64(&mut block, 72, self.records_bytes);
+        put_u64(&mut block, 80, self.records_tail_seq);
+        put_u64(&mut block, 88, self.records_tail_offset_bytes);
         seal(&mut block);
         block
     }
@@ -133,6 +148,9 @@ impl JournalHeader {
             header_seq: get_u64(block, 48),
             tail_seq: get_u64(block, 56),
             tail_offset_bytes: get_u64(block, 64),
+            records_bytes: get_u64(block, 72),
+            records_tail_seq: get_u64(block, 80),
+            records_tail_offset_bytes: get_u64(block, 88),
         })
     }
 }
@@ -145,6 +163,9 @@ pub enum EntryKind {
     /// The checksum table of a full-row write (`payload_bytes` of it):
     /// nothing to replay; recovery makes the row consistent again.
     Intent { payload_bytes: u64 },
+    /// The checksums of mirror writes, in the record ring (`records.rs`):
+    /// nothing to replay; recovery settles their copies.
+    Records { payload_bytes: u64 },
 }
 
 /// One in-place write an entry carries: where its payload bytes go.
@@ -173,7 +194,9 @@ impl EntryHeader {
     pub fn payload_bytes(&self) -> u64 {
         match self.kind {
             EntryKind::Writes => self.targets.iter().map(|t| t.len_bytes).sum(),
-            EntryKind::Intent { payload_bytes } => payload_bytes,
+            EntryKind::Intent { payload_bytes } | EntryKind::Records { payload_bytes } => {
+                payload_bytes
+            }
         }
     }
 
@@ -212,6 +235,13 @@ impl EntryHeader {
                     "an intent's payload is whole blocks"
                 );
                 1
+            }
+            EntryKind::Records { payload_bytes } => {
+                assert!(
+                    payload_bytes > 0 && payload_bytes.is_multiple_of(BLOCK_BYTES),
+                    "a records payload is whole blocks"
+                );
+                2
             }
         };
         put_u32(block, 84, kind);
@@ -255,6 +285,14 @@ impl EntryHeader {
             targets.push(target);
         }
         let entry_bytes = get_u64(block, 48);
+        let version = get_u32(block, 8);
+        let table_bytes = || {
+            let payload_bytes = entry_bytes.saturating_sub(BLOCK_BYTES);
+            if payload_bytes == 0 || !payload_bytes.is_multiple_of(BLOCK_BYTES) {
+                return Err(DecodeError::Invalid("checksum payload not whole blocks"));
+            }
+            Ok(payload_bytes)
+        };
         let kind = match get_u32(block, 84) {
             0 => {
                 if BLOCK_BYTES.checked_add(payload_bytes) != Some(entry_bytes) {
@@ -262,13 +300,12 @@ impl EntryHeader {
                 }
                 EntryKind::Writes
             }
-            1 if get_u32(block, 8) >= 2 => {
-                let payload_bytes = entry_bytes.saturating_sub(BLOCK_BYTES);
-                if payload_bytes == 0 || !payload_bytes.is_multiple_of(BLOCK_BYTES) {
-                    return Err(DecodeError::Invalid("intent payload not whole blocks"));
-                }
-                EntryKind::Intent { payload_bytes }
-            }
+            1 if version >= 2 => EntryKind::Intent {
+                payload_bytes: table_bytes()?,
+            },
+            2 if version >= 3 => EntryKind::Records {
+                payload_bytes: table_bytes()?,
+            },
             _ => return Err(DecodeError::Invalid("unknown entry kind")),
         };
         Ok(EntryHeader {

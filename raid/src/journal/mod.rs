@@ -37,9 +37,9 @@
 //!
 //!  region: +0      header slot 0 (4 KiB)  \  written in turn (FUA); the valid slot
 //!          +4 KiB  header slot 1 (4 KiB)  /  with the higher header sequence is current
-//!          +8 KiB  ring of entries ................................ region end
-//!                  |entry seq 41|entry seq 42|entry seq 43|  free  |gap|
-//!                   ^ tail (in the header)                ^ head
+//!          +8 KiB  stripe ring of entries ............ | record ring | region end
+//!                  |entry seq 41|entry seq 42|  free  |gap| (records.rs: a sixteenth)
+//!                   ^ tail (in the header)    ^ head
 //!
 //!  entry:  | header block (4 KiB)                        | payload            |
 //!          | magic, generation, epoch, seq, entry id,   | write 0's bytes,   |
@@ -47,12 +47,12 @@
 //!          | (PV id, device offset, bytes) x n, CRC     | (intent: checksums)|
 //! ```
 //!
-//! The byte layout of both blocks is in `format.rs` (format version 2, all
+//! The byte layout of both blocks is in `format.rs` (format version 3, all
 //! little-endian, CRC-32C). Sequence numbers go up by one per entry of a
 //! journal. An entry is whole blocks and never straddles the end of the
 //! ring: one that does not fit before the end starts at ring offset 0 and
 //! the skipped gap counts as its own (no wrap marker; `ring.rs` says why).
-//! An entry larger than half the ring is refused: 508 KiB in the smallest
+//! An entry larger than half the ring is refused: 476 KiB in the smallest
 //! (1 MiB) region. Parity is byte-wise, so a layout can split a row's
 //! update by byte range within the unit when a whole row is larger.
 //!
@@ -101,6 +101,8 @@ mod format;
 mod intent;
 mod io;
 mod pv_journal;
+mod records;
+mod records_recover;
 mod recover;
 mod region;
 mod ring;
@@ -130,6 +132,7 @@ use self::ring::max_entry_bytes;
 pub use self::entry::{JournalEntry, JournalRecovery, JournalWrite, RecoveryReport, RowKey};
 pub use self::format::{FORMAT_VERSION, MAX_WRITES};
 pub use self::intent::{RowCodec, RowIntent};
+pub use self::records::{records_ring_bytes, RecordEntry, RecordPin, RecordPins, RecordWrite};
 
 /// The smallest region: the header slots and a ring of 8 blocks (entries
 /// of up to 4 blocks). Real regions are 1 to 64 MiB.
@@ -347,7 +350,8 @@ impl JournalSet {
         let journals = self.journals_of(pvs)?;
         let len_bytes = entry.entry_bytes();
         for journal in &journals {
-            let max = max_entry_bytes(pv_journal::ring_capacity_bytes(journal.region));
+            let header = journal.lock().header;
+            let max = max_entry_bytes(pv_journal::ring_capacity_bytes(journal.region, &header));
             if len_bytes > max {
                 return Err(BlockError::new(
                     ErrorKind::InvalidArgument,

@@ -43,6 +43,7 @@ use tokio::sync::watch;
 use super::entry::RowKey;
 use super::format::{JournalHeader, HEADER_AREA_BYTES};
 use super::io::write_all;
+use super::records::RecordLane;
 use super::ring::{Placement, Ring};
 
 pub(super) struct PvJournal {
@@ -89,6 +90,8 @@ pub(super) struct State {
     poisoned: Option<String>,
     /// False until recovery ran: no appends before the old entries are replayed.
     pub ready: bool,
+    /// The record ring (`records.rs`).
+    pub records: RecordLane,
 }
 
 struct Slot {
@@ -131,7 +134,7 @@ impl PvJournal {
         header: JournalHeader,
         ready: bool,
     ) -> Arc<PvJournal> {
-        let capacity = ring_capacity_bytes(region);
+        let capacity = ring_capacity_bytes(region, &header);
         let state = State {
             header,
             ring: Ring::empty(capacity, header.tail_offset_bytes),
@@ -144,6 +147,7 @@ impl PvJournal {
             rows: HashMap::new(),
             poisoned: None,
             ready,
+            records: RecordLane::new(&header),
         };
         Arc::new(PvJournal {
             pv,
@@ -362,8 +366,9 @@ impl State {
         pvs
     }
 
-    /// The header that retires every entry below `upto`.
-    pub fn header_retiring(&self, upto: u64) -> JournalHeader {
+    /// The header that retires every stripe entry below `upto` and every
+    /// record entry below `records_upto`.
+    pub fn header_retiring(&self, upto: u64, records_upto: u64) -> JournalHeader {
         let tail_offset_bytes = self
             .slots
             .iter()
@@ -373,13 +378,19 @@ impl State {
             header_seq: self.header.header_seq + 1,
             tail_seq: upto,
             tail_offset_bytes,
+            records_tail_seq: records_upto,
+            records_tail_offset_bytes: self.records.tail_offset_for(records_upto),
             ..self.header
         }
     }
 
-    /// Drops the entries below `header.tail_seq`, now that `header` is
-    /// durable. Returns how many were retired.
+    /// Drops the entries below `header.tail_seq` and the record entries
+    /// below `header.records_tail_seq`, now that `header` is durable.
+    /// Returns how many were retired.
     pub fn retire(&mut self, header: JournalHeader) -> u64 {
+        let records_before = self.records.live();
+        self.records.retire(header.records_tail_seq);
+        let records_retired = (records_before - self.records.live()) as u64;
         assert!(
             header.tail_seq <= self.completed_end && header.header_seq > self.header.header_seq,
             "retiring up to {} with entries completed only up to {}",
@@ -405,13 +416,15 @@ impl State {
             retired += 1;
         }
         self.header = header;
-        retired
+        retired + records_retired
     }
 
     /// Starts over from `header` (durable), with no entry: after recovery.
     pub fn reset(&mut self, header: JournalHeader) {
-        let capacity = self.ring.capacity_bytes();
+        // Recovery may have given the region a record ring it lacked.
+        let capacity = header.region_bytes - HEADER_AREA_BYTES - header.records_bytes;
         self.ring = Ring::empty(capacity, header.tail_offset_bytes);
+        self.records = RecordLane::new(&header);
         self.next_seq = header.tail_seq;
         self.written_end = header.tail_seq;
         self.durable_end = header.tail_seq;
@@ -443,7 +456,8 @@ impl State {
     }
 }
 
-/// Bytes of the ring in a region: all but the header slots.
-pub(super) fn ring_capacity_bytes(region: ByteRange) -> u64 {
-    region.len_bytes - HEADER_AREA_BYTES
+/// Bytes of the stripe ring in a region: all but the header slots and the
+/// record ring at its end.
+pub(super) fn ring_capacity_bytes(region: ByteRange, header: &JournalHeader) -> u64 {
+    region.len_bytes - HEADER_AREA_BYTES - header.records_bytes
 }

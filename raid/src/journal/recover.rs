@@ -39,6 +39,12 @@
 //! nothing to replay: once every writes entry is replayed, each intent's
 //! row is made consistent from what its shards hold.
 //!
+//! Record entries (checksums of mirror writes, in the record ring) have
+//! nothing to replay either: the copies of each recorded block are settled
+//! on the version its newest record vouches for (`records_recover.rs`).
+//! A journal formatted without a record ring gets one here, as the new
+//! header empties both rings.
+//!
 //! Crash-ordering rule: targets are flushed after the replay and before
 //! any header is rewritten, so a crash anywhere leaves either the old
 //! entries to replay again (replay is idempotent) or durable results.
@@ -59,8 +65,10 @@ use super::format::{EntryHeader, EntryKind};
 use super::intent::RowIntent;
 use super::io::{read_exact, write_all};
 use super::pv_journal::PvJournal;
+use super::records::records_ring_bytes;
+use super::records_recover::{read_records, settle_records};
 use super::region::write_header;
-use super::scan::{Found, Scan};
+use super::scan::{Found, Lane, Scan};
 use super::settle::settle;
 
 /// Recovers `journals` (sorted by PV); returns the report and the new epoch.
@@ -75,12 +83,21 @@ pub(super) async fn recover(
     }
     let mut report = RecoveryReport::default();
     let mut scans: Vec<(&Arc<PvJournal>, Scan)> = Vec::new();
+    let mut record_scans: Vec<(&Arc<PvJournal>, Scan)> = Vec::new();
     for journal in journals {
         let mut part = JournalRecovery::default();
         if !pvs.is_failed(journal.pv) {
             let header = journal.lock().header;
-            match journal.scan(&header).await {
-                Ok(scan) => {
+            let scanned = match journal.scan(&header, Lane::Stripes).await {
+                Ok(stripes) => journal
+                    .scan(&header, Lane::Records)
+                    .await
+                    .map(|records| (stripes, records)),
+                Err(e) => Err(e),
+            };
+            match scanned {
+                Ok((scan, records)) => {
+                    record_scans.push((journal, records));
                     part.read = true;
                     part.entries_found = scan.entries.len() as u64;
                     part.torn_entries = u64::from(scan.torn);
@@ -174,18 +191,31 @@ pub(super) async fn recover(
     for (header, intent) in &intents {
         settle(pvs, header, intent, &mut report, &mut touched).await;
     }
+    let records = read_records(pvs, &record_scans, newest, &mut report).await?;
+    settle_records(pvs, &records, &mut report, &mut touched).await;
     let touched: Vec<PvId> = touched.into_iter().collect();
     flush_targets(pvs, &touched).await;
 
     report.epoch = newest + 1;
-    for (journal, scan) in scans.iter().filter(|(j, _)| !pvs.is_failed(j.pv)) {
+    for ((journal, scan), (_, records)) in scans
+        .iter()
+        .zip(&record_scans)
+        .filter(|((j, _), _)| !pvs.is_failed(j.pv))
+    {
         let header = {
             let state = journal.lock();
+            let records_bytes = match state.header.records_bytes {
+                0 => records_ring_bytes(journal.region.len_bytes),
+                bytes => bytes,
+            };
             super::format::JournalHeader {
                 epoch: report.epoch,
                 header_seq: state.header.header_seq + 1,
                 tail_seq: scan.next_seq,
                 tail_offset_bytes: 0,
+                records_bytes,
+                records_tail_seq: records.next_seq,
+                records_tail_offset_bytes: 0,
                 ..state.header
             }
         };
@@ -266,15 +296,16 @@ fn not_written(pv: PvId, range: Range<u64>, written: &[&Written]) -> Vec<Range<u
 
 /// The first copy of an entry that still reads back whole; `None` when
 /// every copy's journal failed (those PVs are marked failed).
-async fn read_one_copy<'a>(
+pub(super) async fn read_one_copy<'a>(
     pvs: &PvSet,
     id: u64,
     copies: &[(&Arc<PvJournal>, &'a Found)],
 ) -> BlockResult<Option<(&'a EntryHeader, IoBuf)>> {
     let mut changed = false;
     for (journal, found) in copies {
+        let header = journal.lock().header;
         match journal
-            .read_payload(found.offset_bytes, &found.header)
+            .read_payload(&header, found.lane, found.offset_bytes, &found.header)
             .await
         {
             Ok(Some(payload)) => return Ok(Some((&found.header, payload))),

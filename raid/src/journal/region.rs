@@ -2,7 +2,7 @@
 //! formatting it.
 //!
 //! ```text
-//!  region: | header slot 0 | header slot 1 | ring ... |
+//!  region: | header slot 0 | header slot 1 | stripe ring ... | record ring |
 //! ```
 //!
 //! Opening picks the valid slot with the higher header sequence; the other
@@ -31,6 +31,7 @@ use metadata::PvId;
 
 use super::format::{DecodeError, JournalHeader, BLOCK_BYTES, FORMAT_VERSION, HEADER_AREA_BYTES};
 use super::io::{read_exact, write_all};
+use super::records::records_ring_bytes;
 use super::MIN_REGION_BYTES;
 
 /// Refuses a region that is unaligned, too small or outside the device.
@@ -101,17 +102,22 @@ pub(super) async fn open_region(
             Err(_) => {}
         }
     }
-    let capacity = region.len_bytes - HEADER_AREA_BYTES;
+    let after_slots = region.len_bytes - HEADER_AREA_BYTES;
+    let misplaced =
+        |offset: u64, capacity: u64| offset >= capacity || !offset.is_multiple_of(BLOCK_BYTES);
     match current {
         Some(header)
-            if header.tail_offset_bytes >= capacity
-                || !header.tail_offset_bytes.is_multiple_of(BLOCK_BYTES) =>
+            if header.records_bytes > after_slots / 2
+                || !header.records_bytes.is_multiple_of(BLOCK_BYTES)
+                || misplaced(header.tail_offset_bytes, after_slots - header.records_bytes)
+                || (header.records_bytes > 0
+                    && misplaced(header.records_tail_offset_bytes, header.records_bytes)) =>
         {
             Err(BlockError::new(
                 ErrorKind::Corrupt,
                 format!(
-                    "journal of PV id {pv}: tail at ring offset {} of a {capacity}-byte ring",
-                    header.tail_offset_bytes
+                    "journal of PV id {pv}: tails at ring offsets {} and {} (records) of a region with a {}-byte record ring",
+                    header.tail_offset_bytes, header.records_tail_offset_bytes, header.records_bytes
                 ),
             ))
         }
@@ -139,6 +145,9 @@ pub(super) async fn format_region(
         header_seq: 0,
         tail_seq: 0,
         tail_offset_bytes: 0,
+        records_bytes: records_ring_bytes(region.len_bytes),
+        records_tail_seq: 0,
+        records_tail_offset_bytes: 0,
     };
     let mut slots = IoBufMut::zeroed(HEADER_AREA_BYTES as usize);
     slots[..BLOCK_BYTES as usize].copy_from_slice(&header.encode());

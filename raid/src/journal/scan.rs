@@ -20,17 +20,31 @@
 //! which acknowledged entries follow that must be replayed. Either way the
 //! header still names the rows it changed, which recovery needs (see
 //! `recover.rs`).
+//!
+//! The record ring (`records.rs`) is read the same way, from its own tail.
 
 use blockvirt::BlockResult;
 
-use super::format::{payload_crc, DecodeError, EntryHeader, JournalHeader, BLOCK_BYTES};
+use super::format::{
+    payload_crc, DecodeError, EntryHeader, EntryKind, JournalHeader, BLOCK_BYTES, HEADER_AREA_BYTES,
+};
 use super::io::read_exact;
 use super::pv_journal::{ring_capacity_bytes, PvJournal};
 use super::ring::{max_entry_bytes, next_candidates};
 
+/// Which of a region's two rings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Lane {
+    /// Stripe entries (writes and intents), after the header slots.
+    Stripes,
+    /// Record entries, at the region's end.
+    Records,
+}
+
 /// A valid entry found by a scan.
 #[derive(Debug, Clone)]
 pub(super) struct Found {
+    pub lane: Lane,
     pub header: EntryHeader,
     pub offset_bytes: u64,
     /// The payload matched its checksum when scanned.
@@ -56,14 +70,36 @@ enum Looked {
 }
 
 impl PvJournal {
-    /// Scans the entries from the durable tail of `header`.
-    pub async fn scan(&self, header: &JournalHeader) -> BlockResult<Scan> {
-        let capacity = ring_capacity_bytes(self.region);
+    /// Where `lane` lies on the device and how big it is: (device offset
+    /// of its start, capacity).
+    pub fn lane_area(&self, header: &JournalHeader, lane: Lane) -> (u64, u64) {
+        match lane {
+            Lane::Stripes => (
+                self.region.offset_bytes + HEADER_AREA_BYTES,
+                ring_capacity_bytes(self.region, header),
+            ),
+            Lane::Records => (
+                self.region.offset_bytes + self.region.len_bytes - header.records_bytes,
+                header.records_bytes,
+            ),
+        }
+    }
+
+    /// Scans the entries of `lane` from the durable tail of `header`.
+    pub async fn scan(&self, header: &JournalHeader, lane: Lane) -> BlockResult<Scan> {
+        let (_, capacity) = self.lane_area(header, lane);
+        let (tail_seq, tail_offset_bytes) = match lane {
+            Lane::Stripes => (header.tail_seq, header.tail_offset_bytes),
+            Lane::Records => (header.records_tail_seq, header.records_tail_offset_bytes),
+        };
         let mut scan = Scan {
-            next_seq: header.tail_seq,
+            next_seq: tail_seq,
             ..Scan::default()
         };
-        let mut end = header.tail_offset_bytes;
+        if capacity == 0 {
+            return Ok(scan);
+        }
+        let mut end = tail_offset_bytes;
         let mut candidates = if end == 0 { vec![0] } else { vec![end, 0] };
         // Bytes of ring the entries found so far take, gaps included: a
         // bound on the scan even if the checks above were fooled.
@@ -72,7 +108,7 @@ impl PvJournal {
             let mut found = None;
             let mut torn = false;
             for &offset in &candidates {
-                match self.look(header, offset, scan.next_seq).await? {
+                match self.look(header, lane, offset, scan.next_seq).await? {
                     Looked::Entry(entry) => {
                         found = Some(entry);
                         break;
@@ -108,16 +144,17 @@ impl PvJournal {
         }
     }
 
-    /// Reads the block at ring offset `offset_bytes` and, if it heads the
-    /// entry `seq`, its payload.
+    /// Reads the block at ring offset `offset_bytes` of `lane` and, if it
+    /// heads the entry `seq`, its payload.
     async fn look(
         &self,
         header: &JournalHeader,
+        lane: Lane,
         offset_bytes: u64,
         seq: u64,
     ) -> BlockResult<Looked> {
-        let capacity = ring_capacity_bytes(self.region);
-        let at = self.ring_device_offset(offset_bytes);
+        let (base, capacity) = self.lane_area(header, lane);
+        let at = base + offset_bytes;
         let block = read_exact(&self.device, self.pv, "journal scan", at, BLOCK_BYTES).await?;
         let entry = match EntryHeader::decode(&block) {
             Ok(entry) => entry,
@@ -136,25 +173,34 @@ impl PvJournal {
             return Ok(Looked::Nothing);
         }
         let len = entry.entry_bytes();
-        if len > max_entry_bytes(capacity) || offset_bytes + len > capacity {
+        let in_its_lane =
+            matches!(entry.kind, EntryKind::Records { .. }) == (lane == Lane::Records);
+        if len > max_entry_bytes(capacity) || offset_bytes + len > capacity || !in_its_lane {
             return Ok(Looked::Torn);
         }
-        let payload_sound = self.read_payload(offset_bytes, &entry).await?.is_some();
+        let payload_sound = self
+            .read_payload(header, lane, offset_bytes, &entry)
+            .await?
+            .is_some();
         Ok(Looked::Entry(Found {
+            lane,
             header: entry,
             offset_bytes,
             payload_sound,
         }))
     }
 
-    /// The payload of `entry` at ring offset `offset_bytes`, or `None` if
-    /// it does not match its checksum.
+    /// The payload of `entry` at ring offset `offset_bytes` of `lane`, or
+    /// `None` if it does not match its checksum.
     pub async fn read_payload(
         &self,
+        header: &JournalHeader,
+        lane: Lane,
         offset_bytes: u64,
         entry: &EntryHeader,
     ) -> BlockResult<Option<blockvirt::IoBuf>> {
-        let at = self.ring_device_offset(offset_bytes + BLOCK_BYTES);
+        let (base, _) = self.lane_area(header, lane);
+        let at = base + offset_bytes + BLOCK_BYTES;
         let payload = read_exact(
             &self.device,
             self.pv,

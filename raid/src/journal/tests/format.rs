@@ -15,6 +15,10 @@ fn header() -> JournalHeader {
         header_seq: 11,
         tail_seq: 400,
         tail_offset_bytes: 81920,
+        // As a version 1 or 2 header reads: no record ring.
+        records_bytes: 0,
+        records_tail_seq: 0,
+        records_tail_offset_bytes: 0,
     }
 }
 
@@ -103,6 +107,38 @@ fn header_damage_is_rejected() {
     let mut older = good;
     rewrite(&mut older, 8, &1u32.to_le_bytes());
     assert_eq!(JournalHeader::decode(&older), Ok(header()));
+}
+
+#[test]
+fn a_header_keeps_its_record_ring_and_older_ones_have_none() {
+    let with_records = JournalHeader {
+        records_bytes: 64 << 10,
+        records_tail_seq: 12,
+        records_tail_offset_bytes: 8192,
+        ..header()
+    };
+    let block = with_records.encode();
+    assert_eq!(JournalHeader::decode(&block), Ok(with_records));
+    // Version 2 wrote zeroes where the record ring is now described.
+    let mut v2 = header().encode();
+    rewrite(&mut v2, 8, &2u32.to_le_bytes());
+    assert_eq!(JournalHeader::decode(&v2).map(|h| h.records_bytes), Ok(0));
+}
+
+#[test]
+fn a_records_entry_round_trips_and_needs_version_3() {
+    let mut e = entry(vec![target(1, 10, 1), target(2, 30, 1)]);
+    e.kind = EntryKind::Records {
+        payload_bytes: BLOCK_BYTES,
+    };
+    let block = encoded(&e);
+    assert_eq!(EntryHeader::decode(&block), Ok(e));
+    let mut v2 = block;
+    rewrite(&mut v2, 8, &2u32.to_le_bytes());
+    assert_eq!(
+        EntryHeader::decode(&v2),
+        Err(DecodeError::Invalid("unknown entry kind"))
+    );
 }
 
 #[test]
@@ -328,9 +364,9 @@ proptest! {
     }
 
     #[test]
-    fn random_headers_round_trip(fields in any::<[u64; 7]>()) {
-        let [pv, region_bytes, generation, epoch, header_seq, tail_seq, tail_offset_bytes] = fields;
-        let h = JournalHeader { pv, region_bytes, generation, epoch, header_seq, tail_seq, tail_offset_bytes };
+    fn random_headers_round_trip(fields in any::<[u64; 10]>()) {
+        let [pv, region_bytes, generation, epoch, header_seq, tail_seq, tail_offset_bytes, records_bytes, records_tail_seq, records_tail_offset_bytes] = fields;
+        let h = JournalHeader { pv, region_bytes, generation, epoch, header_seq, tail_seq, tail_offset_bytes, records_bytes, records_tail_seq, records_tail_offset_bytes };
         prop_assert_eq!(JournalHeader::decode(&h.encode()), Ok(h));
     }
 }

@@ -2,5 +2,6 @@
 //! the scan (on a simulated disk).
 
 mod format;
+mod records;
 mod ring;
 mod scan;

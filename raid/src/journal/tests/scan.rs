@@ -11,7 +11,7 @@ use metadata::PeAddr;
 use crate::journal::entry::RowKey;
 use crate::journal::format::*;
 use crate::journal::pv_journal::PvJournal;
-use crate::journal::scan::Scan;
+use crate::journal::scan::{Lane, Scan};
 
 const B: u64 = BLOCK_BYTES;
 /// A 14-block ring after the two header slots.
@@ -29,6 +29,9 @@ fn header(tail_seq: u64, tail_offset_bytes: u64) -> JournalHeader {
         header_seq: 1,
         tail_seq,
         tail_offset_bytes,
+        records_bytes: 0,
+        records_tail_seq: 0,
+        records_tail_offset_bytes: 0,
     }
 }
 
@@ -95,7 +98,7 @@ fn scan(placed: &[Placed], header: JournalHeader, damage: Option<u64>) -> Scan {
             disk.corrupt_block(HEADER_AREA_BYTES + ring_offset);
         }
         let journal = PvJournal::new(1, disk, REGION, header, false);
-        journal.scan(&header).await.expect("scan")
+        journal.scan(&header, Lane::Stripes).await.expect("scan")
     })
 }
 
