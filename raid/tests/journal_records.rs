@@ -10,7 +10,7 @@ use std::time::Duration;
 use blockvirt::testing::SimFaults;
 use blockvirt::{BlockDevice, ErrorKind, WriteFlags};
 use common::{pattern, runtime, World, BLOCK};
-use raid::journal::{JournalSet, RecordEntry, RecordWrite};
+use raid::journal::{ExtentLegs, JournalSet, RecordEntry, RecordWrite, RecoveryReport};
 
 const DISK_BYTES: u64 = 4 << 20;
 /// Large enough for a record ring (a sixteenth: 15 blocks).
@@ -31,10 +31,50 @@ fn at(world: &World, pv: u64, block: u64) -> u64 {
     world.pv(pv).data_offset_bytes + block * BLOCK
 }
 
-/// The record of writing `tag` to data block `block` of both PVs.
+/// The metadata's say on where extents are: LV 1's extent 0 has a leg
+/// on each PV, over its whole data area; nothing else exists.
+struct Placed<'a>(&'a World);
+
+impl ExtentLegs for Placed<'_> {
+    fn legs(&self, lv: u64, le: u64) -> Option<Vec<(u64, u64, u64)>> {
+        ((lv, le) == (1, 0)).then(|| {
+            self.0
+                .pvs
+                .iter()
+                .map(|pv| {
+                    (
+                        pv.id,
+                        pv.data_offset_bytes,
+                        DISK_BYTES - pv.data_offset_bytes,
+                    )
+                })
+                .collect()
+        })
+    }
+}
+
+/// A start after a crash: the journals recovered, records settled where
+/// `Placed` says their extents are.
+fn restart(world: &World) -> RecoveryReport {
+    runtime().block_on(async {
+        let set = world.open(world.pv_set()).await;
+        set.recover_with(Some(&Placed(world)))
+            .await
+            .expect("recover")
+    })
+}
+
+/// The record of writing `tag` to data block `block` of both PVs, in
+/// extent 0 of LV 1.
 fn record(world: &World, block: u64, tag: u64) -> RecordEntry {
+    record_of(world, 1, block, tag)
+}
+
+fn record_of(world: &World, lv: u64, block: u64, tag: u64) -> RecordEntry {
     RecordEntry {
         writes: vec![RecordWrite {
+            lv,
+            le: 0,
             copies: vec![(1, at(world, 1, block)), (2, at(world, 2, block))],
             crcs: vec![crc32c::crc32c(&pattern(tag, BLOCK))],
         }],
@@ -83,10 +123,7 @@ fn unfinished_write_beside_rot(written: u64) -> World {
 fn recovery_settles_an_unfinished_write_over_rot_in_either_order() {
     for written in [1, 2] {
         let world = unfinished_write_beside_rot(written);
-        let report = runtime().block_on(async {
-            let set = world.open(world.pv_set()).await;
-            set.recover().await.expect("recover")
-        });
+        let report = restart(&world);
         assert_eq!(report.records_found, 1, "{report:?}");
         assert_eq!(report.record_blocks_settled, 1, "{report:?}");
         assert!(
@@ -94,6 +131,42 @@ fn recovery_settles_an_unfinished_write_over_rot_in_either_order() {
             "written on copy {written}: both copies hold the recorded version"
         );
     }
+}
+
+#[test]
+fn a_record_whose_extent_is_gone_settles_nothing() {
+    // LV 2 wrote the block once; its extent was freed since, and the PEs
+    // went to LV 1, whose unfinished write reached one copy. LV 2's record
+    // matches the other copy, still LV 2's old bytes: settling it would
+    // hand LV 1 another LV's data.
+    let world = world();
+    runtime().block_on(async {
+        let set = recovered(&world).await;
+        put(&world, 1, 0, 1).await;
+        put(&world, 2, 0, 1).await;
+        let pins = set
+            .log_records(&[1, 2], &record_of(&world, 2, 0, 1))
+            .await
+            .expect("log records");
+        put(&world, 1, 0, 2).await;
+        std::mem::forget(pins);
+    });
+    world.crash();
+    let report = restart(&world);
+    assert_eq!(report.record_writes_stale, 1, "{report:?}");
+    assert_eq!(report.record_blocks_settled, 0, "{report:?}");
+    assert!(holds(&world, 1, 0, 2) && holds(&world, 2, 0, 1));
+}
+
+#[test]
+fn records_settle_nothing_without_the_metadata_say() {
+    let world = unfinished_write_beside_rot(1);
+    let report = runtime().block_on(async {
+        let set = world.open(world.pv_set()).await;
+        set.recover().await.expect("recover")
+    });
+    assert_eq!(report.records_found, 1, "{report:?}");
+    assert_eq!(report.record_blocks_settled, 0, "{report:?}");
 }
 
 #[test]
@@ -112,10 +185,7 @@ fn copies_matching_no_record_are_left_to_the_resync() {
         std::mem::forget(pins);
     });
     world.crash();
-    let report = runtime().block_on(async {
-        let set = world.open(world.pv_set()).await;
-        set.recover().await.expect("recover")
-    });
+    let report = restart(&world);
     assert_eq!(report.record_blocks_unsettled, 1, "{report:?}");
     assert_eq!(report.record_blocks_settled, 0, "{report:?}");
     assert!(holds(&world, 1, 0, 1), "the good old copy is not touched");
@@ -139,10 +209,7 @@ fn a_pinned_record_outlives_checkpoints_and_an_unpinned_one_retires() {
         std::mem::forget(kept);
     });
     world.crash();
-    let report = runtime().block_on(async {
-        let set = world.open(world.pv_set()).await;
-        set.recover().await.expect("recover")
-    });
+    let report = restart(&world);
     // The unpinned record is behind the pinned one: a prefix retires.
     assert_eq!(report.records_found, 2, "{report:?}");
 
@@ -161,10 +228,7 @@ fn a_pinned_record_outlives_checkpoints_and_an_unpinned_one_retires() {
         std::mem::forget(second);
     });
     world.crash();
-    let report = runtime().block_on(async {
-        let set = world.open(world.pv_set()).await;
-        set.recover().await.expect("recover")
-    });
+    let report = restart(&world);
     assert_eq!(report.records_found, 1, "only the pinned one: {report:?}");
 }
 
@@ -207,18 +271,24 @@ fn bad_records_are_refused() {
         let crc = crc32c::crc32c(&pattern(1, BLOCK));
         let one_pv = RecordEntry {
             writes: vec![RecordWrite {
+                lv: 1,
+                le: 0,
                 copies: vec![(1, at(&world, 1, 0)), (1, at(&world, 1, 1))],
                 crcs: vec![crc],
             }],
         };
         let in_journal = RecordEntry {
             writes: vec![RecordWrite {
+                lv: 1,
+                le: 0,
                 copies: vec![(1, world.pv(1).region.offset_bytes), (2, at(&world, 2, 0))],
                 crcs: vec![crc],
             }],
         };
         let unaligned = RecordEntry {
             writes: vec![RecordWrite {
+                lv: 1,
+                le: 0,
                 copies: vec![(1, at(&world, 1, 0) + 512), (2, at(&world, 2, 0))],
                 crcs: vec![crc],
             }],

@@ -261,6 +261,9 @@ pub struct RecoveryReport {
     /// Recorded blocks whose copies differed and matched no record: left
     /// to the volume's resync.
     pub record_blocks_unsettled: u64,
+    /// Recorded writes whose extent no longer has those legs (moved,
+    /// freed, its LV gone): not settled.
+    pub record_writes_stale: u64,
     /// Per journal, by PV.
     pub journals: BTreeMap<PvId, JournalRecovery>,
 }

@@ -132,7 +132,9 @@ use self::ring::max_entry_bytes;
 pub use self::entry::{JournalEntry, JournalRecovery, JournalWrite, RecoveryReport, RowKey};
 pub use self::format::{FORMAT_VERSION, MAX_WRITES};
 pub use self::intent::{RowCodec, RowIntent};
-pub use self::records::{records_ring_bytes, RecordEntry, RecordPin, RecordPins, RecordWrite};
+pub use self::records::{
+    records_ring_bytes, ExtentLegs, RecordEntry, RecordPin, RecordPins, RecordWrite,
+};
 
 /// The smallest region: the header slots and a ring of 8 blocks (entries
 /// of up to 4 blocks). Real regions are 1 to 64 MiB.
@@ -314,6 +316,13 @@ impl JournalSet {
     /// any I/O error does) and recovery goes on without it. After an error
     /// (an entry that no longer reads back as scanned) it may run again.
     pub async fn recover(&self) -> BlockResult<RecoveryReport> {
+        self.recover_with(None).await
+    }
+
+    /// [`recover`](Self::recover), settling the copies of recorded mirror
+    /// blocks (`records.rs`) whose extents `legs` still places there.
+    /// Without it, records are read but settle nothing.
+    pub async fn recover_with(&self, legs: Option<&dyn ExtentLegs>) -> BlockResult<RecoveryReport> {
         if self.inner.recovered.load(Ordering::Acquire)
             || self.inner.recovering.swap(true, Ordering::AcqRel)
         {
@@ -325,7 +334,7 @@ impl JournalSet {
         // Cleared however this ends (error, or the caller giving up), so
         // recovery can run again.
         let _running = ClearOnDrop(&self.inner.recovering);
-        let report = recover::recover(&self.inner.pvs, &self.journals()).await?;
+        let report = recover::recover(&self.inner.pvs, &self.journals(), legs).await?;
         self.inner.epoch.store(report.epoch, Ordering::Release);
         self.inner.next_id.store(0, Ordering::Release);
         self.inner.recovered.store(true, Ordering::Release);

@@ -6,12 +6,17 @@
 //!  region: | header slots | stripe ring ................ | record ring |
 //!                                                         ^ region end - records_bytes
 //!  record entry: | header block: kind 2, targets = every copy of every write |
-//!                | payload: per write (copies u32, blocks u32, CRC-32C u32 x blocks), zero-padded |
+//!                | payload: per write (copies u32, blocks u32, LV id u64, LE u64,   |
+//!                |          CRC-32C u32 x blocks), zero-padded to whole blocks      |
 //! ```
 //!
 //! A write's copies are the targets in order: the first write's copies,
 //! then the next write's. Every copy of a write has the same length, a
-//! CRC-32C per 4 KiB block of what the write puts there.
+//! CRC-32C per 4 KiB block of what the write puts there. The LV and LE
+//! say whose extent the copies were: recovery settles a record only while
+//! that extent still has its legs there (`ExtentLegs`), so a record left
+//! behind by an extent since moved or freed never touches PEs another LV
+//! (or another extent) holds now.
 //!
 //! Why a ring of its own: a record is kept (*pinned*) until the volume
 //! has committed the same checksums, up to a commit interval after the
@@ -43,6 +48,9 @@ use super::ring::{max_entry_bytes, Placement, Ring};
 use super::scan::Lane;
 use super::JournalSet;
 
+/// Bytes before a write's checksums in the payload: copies, blocks, LV, LE.
+const WRITE_HEADER_BYTES: usize = 24;
+
 /// The record ring a region of `region_bytes` gets when it is formatted
 /// or emptied: a sixteenth of what follows the header slots, in whole
 /// blocks; none where that is under 8 blocks (tiny test regions).
@@ -55,12 +63,23 @@ pub fn records_ring_bytes(region_bytes: u64) -> u64 {
     }
 }
 
-/// One mirror write: where each copy goes (PV, absolute device offset)
-/// and the CRC-32C of each 4 KiB block it writes there.
+/// One mirror write: the extent it is in (LV id, LE), where each copy
+/// goes (PV, absolute device offset) and the CRC-32C of each 4 KiB block
+/// it writes there.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordWrite {
+    pub lv: u64,
+    pub le: u64,
     pub copies: Vec<(PvId, u64)>,
     pub crcs: Vec<u32>,
+}
+
+/// Where an extent's legs are now, as the metadata says: recovery asks
+/// before it settles a record (see the module doc).
+pub trait ExtentLegs: Send + Sync {
+    /// The device byte ranges (PV, start, length) of the legs of extent
+    /// `le` of LV `lv`; `None` when the LV or the extent is gone.
+    fn legs(&self, lv: u64, le: u64) -> Option<Vec<(PvId, u64, u64)>>;
 }
 
 impl RecordWrite {
@@ -79,7 +98,7 @@ impl RecordEntry {
     fn table_bytes(&self) -> u64 {
         self.writes
             .iter()
-            .map(|w| 8 + 4 * w.crcs.len() as u64)
+            .map(|w| WRITE_HEADER_BYTES as u64 + 4 * w.crcs.len() as u64)
             .sum()
     }
 
@@ -109,6 +128,8 @@ impl RecordEntry {
         for w in &self.writes {
             table.extend_from_slice(&(w.copies.len() as u32).to_le_bytes());
             table.extend_from_slice(&(w.crcs.len() as u32).to_le_bytes());
+            table.extend_from_slice(&w.lv.to_le_bytes());
+            table.extend_from_slice(&w.le.to_le_bytes());
             for crc in &w.crcs {
                 table.extend_from_slice(&crc.to_le_bytes());
             }
@@ -129,10 +150,15 @@ impl RecordEntry {
                 .ok_or("table runs past the payload")?;
             Ok(u32::from_le_bytes(bytes.try_into().expect("4 bytes")))
         };
+        let long = |at: usize| -> Result<u64, &'static str> {
+            let low = u64::from(word(at)?);
+            Ok(low | (u64::from(word(at + 4)?) << 32))
+        };
         while next_target < targets.len() {
             let copies = word(at)? as usize;
             let blocks = word(at + 4)? as usize;
-            at += 8;
+            let (lv, le) = (long(at + 8)?, long(at + 16)?);
+            at += WRITE_HEADER_BYTES;
             if copies == 0 || blocks == 0 || next_target + copies > targets.len() {
                 return Err("write with no copies, no blocks, or more copies than targets");
             }
@@ -149,6 +175,8 @@ impl RecordEntry {
                 return Err("a copy's length disagrees with its checksums");
             }
             writes.push(RecordWrite {
+                lv,
+                le,
                 copies: mine.iter().map(|t| (t.pv, t.offset_bytes)).collect(),
                 crcs,
             });

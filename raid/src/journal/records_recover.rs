@@ -2,7 +2,8 @@
 //! the version its newest record vouches for.
 //!
 //! ```text
-//!  records of the newest epoch, newest first ─▶ per block: read every copy
+//!  records of the newest epoch whose extents still have those legs (metadata)
+//!    ─▶ newest first, per block: read every copy
 //!    ─▶ copies agree: nothing to do
 //!    ─▶ a copy matches a record (newest first): write it over the others
 //!    ─▶ none does: leave them to the volume's resync (unsettled)
@@ -31,7 +32,7 @@ use super::entry::{in_data_area, RecoveryReport};
 use super::format::BLOCK_BYTES;
 use super::io::{read_exact, write_all};
 use super::pv_journal::PvJournal;
-use super::records::RecordEntry;
+use super::records::{ExtentLegs, RecordEntry, RecordWrite};
 use super::recover::read_one_copy;
 use super::scan::{Found, Scan};
 
@@ -76,9 +77,11 @@ pub(super) async fn read_records(
 /// The copies of one block: (PV, device offset) each.
 type Copies = Vec<(PvId, u64)>;
 
-/// Settles every block `entries` (id, entry) record.
+/// Settles every block `entries` (id, entry) record, where `legs` says
+/// the record's extent is still there.
 pub(super) async fn settle_records(
     pvs: &PvSet,
+    legs: &dyn ExtentLegs,
     entries: &[(u64, RecordEntry)],
     report: &mut RecoveryReport,
     touched: &mut BTreeSet<PvId>,
@@ -89,6 +92,10 @@ pub(super) async fn settle_records(
     newest_first.sort_by_key(|(id, _)| std::cmp::Reverse(*id));
     for (_, entry) in newest_first {
         for write in &entry.writes {
+            if !still_placed(legs, write) {
+                report.record_writes_stale += 1;
+                continue;
+            }
             for (i, &crc) in write.crcs.iter().enumerate() {
                 let at = i as u64 * BLOCK_BYTES;
                 let copies = write.copies.iter().map(|&(pv, o)| (pv, o + at)).collect();
@@ -100,6 +107,18 @@ pub(super) async fn settle_records(
     for (copies, crcs) in blocks {
         settle_block(pvs, &copies, &crcs, report, touched).await;
     }
+}
+
+/// Whether every copy of `write` lies in a leg its extent has now.
+fn still_placed(legs: &dyn ExtentLegs, write: &RecordWrite) -> bool {
+    let Some(now) = legs.legs(write.lv, write.le) else {
+        return false;
+    };
+    write.copies.iter().all(|&(pv, offset)| {
+        now.iter().any(|&(leg_pv, start, len)| {
+            leg_pv == pv && offset >= start && offset + write.len_bytes() <= start + len
+        })
+    })
 }
 
 async fn settle_block(

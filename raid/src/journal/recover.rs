@@ -65,7 +65,7 @@ use super::format::{EntryHeader, EntryKind};
 use super::intent::RowIntent;
 use super::io::{read_exact, write_all};
 use super::pv_journal::PvJournal;
-use super::records::records_ring_bytes;
+use super::records::{records_ring_bytes, ExtentLegs};
 use super::records_recover::{read_records, settle_records};
 use super::region::write_header;
 use super::scan::{Found, Lane, Scan};
@@ -75,6 +75,7 @@ use super::settle::settle;
 pub(super) async fn recover(
     pvs: &PvSet,
     journals: &[Arc<PvJournal>],
+    legs: Option<&dyn ExtentLegs>,
 ) -> BlockResult<RecoveryReport> {
     // No checkpoint may run on any journal meanwhile.
     let mut turns = Vec::with_capacity(journals.len());
@@ -192,7 +193,10 @@ pub(super) async fn recover(
         settle(pvs, header, intent, &mut report, &mut touched).await;
     }
     let records = read_records(pvs, &record_scans, newest, &mut report).await?;
-    settle_records(pvs, &records, &mut report, &mut touched).await;
+    match legs {
+        Some(legs) => settle_records(pvs, legs, &records, &mut report, &mut touched).await,
+        None => report.records_found += records.len() as u64,
+    }
     let touched: Vec<PvId> = touched.into_iter().collect();
     flush_targets(pvs, &touched).await;
 
