@@ -110,7 +110,7 @@ impl RecordEntry {
         BLOCK_BYTES + self.payload_bytes()
     }
 
-    fn targets(&self) -> Vec<Target> {
+    pub(super) fn targets(&self) -> Vec<Target> {
         self.writes
             .iter()
             .flat_map(|w| {
@@ -123,7 +123,7 @@ impl RecordEntry {
             .collect()
     }
 
-    fn encode_payload(&self) -> Vec<u8> {
+    pub(super) fn encode_payload(&self) -> Vec<u8> {
         let mut table = Vec::with_capacity(self.payload_bytes() as usize);
         for w in &self.writes {
             table.extend_from_slice(&(w.copies.len() as u32).to_le_bytes());

@@ -79,3 +79,45 @@ fn recovery_gives_an_older_journal_its_record_ring() {
         assert_eq!(journal.lock().header.records_bytes, 15 * BLOCK_BYTES);
     });
 }
+
+fn entry() -> crate::journal::RecordEntry {
+    use crate::journal::RecordWrite;
+    crate::journal::RecordEntry {
+        writes: vec![
+            RecordWrite {
+                lv: 7,
+                le: 3,
+                copies: vec![(1, 1 << 20), (2, 2 << 20)],
+                crcs: vec![11, 12, 13],
+            },
+            RecordWrite {
+                lv: 8,
+                le: u64::MAX,
+                copies: vec![(3, 4096), (1, 8192), (2, 12288)],
+                crcs: vec![u32::MAX],
+            },
+        ],
+    }
+}
+
+#[test]
+fn a_record_payload_round_trips_and_damage_is_refused() {
+    use crate::journal::records::RecordEntry;
+    let e = entry();
+    let targets = e.targets();
+    let payload = e.encode_payload();
+    assert_eq!(payload.len() as u64, BLOCK_BYTES);
+    assert_eq!(RecordEntry::decode(&targets, &payload), Ok(e.clone()));
+    // A target too many, or one whose length disagrees with its checksums.
+    let mut more = targets.clone();
+    more.push(targets[0]);
+    assert!(RecordEntry::decode(&more, &payload).is_err());
+    let mut longer = targets.clone();
+    longer[1].len_bytes += BLOCK_BYTES;
+    assert!(RecordEntry::decode(&longer, &payload).is_err());
+    // A table cut short, or claiming more copies than there are targets.
+    assert!(RecordEntry::decode(&targets, &payload[..40]).is_err());
+    let mut bad = payload.clone();
+    bad[0..4].copy_from_slice(&9u32.to_le_bytes());
+    assert!(RecordEntry::decode(&targets, &bad).is_err());
+}
