@@ -115,8 +115,9 @@ pub trait MapService: Send + Sync + 'static {
     /// referenced return to the free pool.
     async fn commit(&self, token: LeaseToken, batch: CommitBatch) -> MetaResult<()>;
     /// Returns unused reservations (whole placements or single PEs) and
-    /// ends the lease.
-    async fn release(&self, token: LeaseToken, unused: Vec<PeAddr>) -> MetaResult<()>;
+    /// ends the lease. `clean`: every extent the holder was to resync after
+    /// an unclean stop has been; if not, the next grant is unclean too.
+    async fn release(&self, token: LeaseToken, unused: Vec<PeAddr>, clean: bool) -> MetaResult<()>;
     /// Records that a PV failed (I/O errors, gone), durably.
     async fn report_failed_pv(&self, pv: PvId, reason: String) -> MetaResult<()>;
 }
@@ -187,9 +188,9 @@ impl MapService for LocalMapService {
         blocking(move || service.commit(token, batch)).await
     }
 
-    async fn release(&self, token: LeaseToken, unused: Vec<PeAddr>) -> MetaResult<()> {
+    async fn release(&self, token: LeaseToken, unused: Vec<PeAddr>, clean: bool) -> MetaResult<()> {
         let service = self.service.clone();
-        blocking(move || service.release(token, unused)).await
+        blocking(move || service.release(token, unused, clean)).await
     }
 
     async fn report_failed_pv(&self, pv: PvId, reason: String) -> MetaResult<()> {

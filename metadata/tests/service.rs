@@ -303,9 +303,34 @@ fn leases_reserve_commit_and_fence() {
         svc.commit(grant.token, vec![MapChange { le: 2, entry: None }]),
         Err(MetaError::Fenced(_))
     ));
-    svc.release(second.token, vec![]).unwrap();
+    svc.release(second.token, vec![], true).unwrap();
     svc.remove_lv("vg", "lv").unwrap();
     assert_eq!(vg_free(&svc), 8);
+}
+
+#[test]
+fn a_release_that_is_not_clean_leaves_the_next_grant_unclean() {
+    let fx = Fixture::new();
+    let svc = pool(&fx, 2, 4);
+    svc.create_lv("vg", "lv", 2 * EXTENT, true, Layout::Raid1 { copies: 2 })
+        .unwrap();
+    let first = svc.acquire("vg", "lv", "server-a").unwrap();
+    assert!(!first.unclean, "a new LV starts clean");
+    // The holder stops without releasing: the next grant is unclean.
+    drop(svc);
+    let svc = fx.open();
+    let second = svc.acquire("vg", "lv", "server-a").unwrap();
+    assert!(second.unclean);
+    // Released before every extent was resynced: still unclean, across a
+    // reopen of the store too.
+    svc.release(second.token, vec![], false).unwrap();
+    drop(svc);
+    let svc = fx.open();
+    let third = svc.acquire("vg", "lv", "server-a").unwrap();
+    assert!(third.unclean, "the resync still owed is not forgotten");
+    svc.release(third.token, vec![], true).unwrap();
+    let fourth = svc.acquire("vg", "lv", "server-a").unwrap();
+    assert!(!fourth.unclean, "a clean release ends it");
 }
 
 #[test]

@@ -215,11 +215,13 @@ impl ThinVolume {
             .await
             .map_err(|e| meta_error(&name, e))?;
         let token = grant.token;
+        let unclean = grant.unclean;
         let inner = match Inner::new(name.clone(), map.clone(), pvs, grant, requested, &options) {
             Ok(inner) => Arc::new(inner),
             Err(e) => {
-                // Do not leave the LV "in use" by a volume that never opened.
-                let _ = map.release(token, Vec::new()).await;
+                // Do not leave the LV "in use" by a volume that never opened,
+                // nor forget that it stopped uncleanly before.
+                let _ = map.release(token, Vec::new(), !unclean).await;
                 return Err(e);
             }
         };
@@ -243,13 +245,19 @@ impl ThinVolume {
     }
 
     /// Commits everything, returns unused reservations and ends the lease.
-    /// The volume refuses I/O afterwards.
+    /// The volume refuses I/O afterwards. Extents still unsynced (opened
+    /// after an unclean stop, and neither used nor reached by the
+    /// background resync yet) keep the LV marked unclean, so the next open
+    /// resyncs them: released as clean, their copies would be trusted as
+    /// they are, and a block whose copies hold writes never committed would
+    /// fail its checksum on every copy.
     pub async fn close(&self) -> BlockResult<()> {
         let synced = self.inner.sync().await;
         self.inner.closed.store(true, Ordering::Release);
         for task in &self.tasks {
             task.abort();
         }
+        let clean = self.inner.unsynced_extents() == 0;
         let unused: Vec<PeAddr> = std::mem::take(&mut *self.inner.reservation.lock())
             .into_iter()
             .flatten()
@@ -257,7 +265,7 @@ impl ThinVolume {
         let released = self
             .inner
             .map
-            .release(self.inner.token, unused)
+            .release(self.inner.token, unused, clean)
             .await
             .map_err(|e| meta_error(&self.inner.name, e));
         synced.and(released)

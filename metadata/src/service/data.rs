@@ -329,7 +329,11 @@ impl Service {
         Ok(())
     }
 
-    pub fn release(&self, token: LeaseToken, unused: Vec<PeAddr>) -> MetaResult<()> {
+    /// Returns unused reservations and ends the lease. With `clean` false
+    /// the LV stays marked open, so the next grant is unclean again: its
+    /// holder stopped before every extent written ahead of the last unclean
+    /// stop was resynced.
+    pub fn release(&self, token: LeaseToken, unused: Vec<PeAddr>, clean: bool) -> MetaResult<()> {
         let mut st = self.state.lock();
         check_lease(&st, token)?;
         // A set: a PE named twice is returned once.
@@ -340,7 +344,9 @@ impl Service {
             .into_iter()
             .collect();
         let mut changes: Vec<Change> = returned.iter().map(unreserve).collect();
-        changes.push(Change::Delete(Table::Open, id_key(token.lv)));
+        if clean {
+            changes.push(Change::Delete(Table::Open, id_key(token.lv)));
+        }
         self.store.write(changes)?;
         st.return_reservations(&returned);
         st.leases.remove(&token.lv);

@@ -266,8 +266,8 @@ impl MapService for InlineMapService {
         self.0.commit(token, batch)
     }
 
-    async fn release(&self, token: LeaseToken, unused: Vec<PeAddr>) -> MetaResult<()> {
-        self.0.release(token, unused)
+    async fn release(&self, token: LeaseToken, unused: Vec<PeAddr>, clean: bool) -> MetaResult<()> {
+        self.0.release(token, unused, clean)
     }
 
     async fn report_failed_pv(&self, pv: PvId, reason: String) -> MetaResult<()> {
