@@ -41,6 +41,11 @@ pub enum ErrorKind {
     Shutdown,
     /// A broken internal invariant: a bug, reported rather than hidden.
     Internal,
+    /// The layout cannot take the write before the volume commits (its
+    /// records of mirror writes fill a journal ring until then), and will
+    /// not wait for that while the extent is held. The volume commits and
+    /// tries again; a client never sees it.
+    NeedsCommit,
 }
 
 impl ErrorKind {
@@ -60,6 +65,7 @@ impl ErrorKind {
             ErrorKind::Fenced => libc::ESTALE,
             ErrorKind::NotFound => libc::ENOENT,
             ErrorKind::Shutdown => libc::ESHUTDOWN,
+            ErrorKind::NeedsCommit => libc::EAGAIN,
         }
     }
 
@@ -81,6 +87,7 @@ impl ErrorKind {
             ErrorKind::NotFound => "not found",
             ErrorKind::Shutdown => "shutting down",
             ErrorKind::Internal => "internal error",
+            ErrorKind::NeedsCommit => "try again after a commit",
         }
     }
 }

@@ -211,6 +211,11 @@ pub struct LvcreateArgs {
     /// second (default unit KiB; 0: unlimited).
     #[arg(long)]
     pub maxrecoveryrate: Option<String>,
+    /// y: mirror writes log their checksums ahead of the copies, so a
+    /// power loss never lets a spoiled copy pass for an unfinished write
+    /// (raid1, raid10).
+    #[arg(long, value_parser = ["y", "n"])]
+    pub raidintegrity: Option<String>,
     /// Accepted for LVM compatibility; bv never prompts.
     #[arg(short, long)]
     pub yes: bool,

@@ -22,7 +22,7 @@ pub use error::{MetaError, MetaResult};
 pub use layout::Layout;
 pub use lease::{CommitBatch, LeaseGrant, LeaseToken, LocalMapService, MapChange, MapService};
 pub use model::{
-    ChunkChecksums, ExtentEntry, FaultPolicy, LvId, LvRecord, PeAddr, Placement, PvId, PvRecord,
-    VgId, VgRecord,
+    ChunkChecksums, ExtentEntry, FaultPolicy, LvId, LvOptions, LvRecord, PeAddr, Placement, PvId,
+    PvRecord, VgId, VgRecord,
 };
 pub use service::{LvReport, PvReport, Service, VgReport};

@@ -115,6 +115,31 @@ pub struct LvRecord {
     /// Bytes per second a repair, pvmove or scrub copies or checks of each
     /// leg at most (LVM's `--maxrecoveryrate`); 0: as fast as it can.
     pub max_recovery_rate: u64,
+    /// Mirror writes log their checksums ahead of the copies (LVM's
+    /// `--raidintegrity y`), so a power loss never lets a spoiled copy
+    /// pass for an unfinished write.
+    pub raid_integrity: bool,
+}
+
+/// Creation options of an LV beyond its size and layout.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LvOptions {
+    pub max_recovery_rate: u64,
+    pub raid_integrity: bool,
+}
+
+/// An LV record as written before it had `raid_integrity`.
+#[derive(Deserialize)]
+struct LvRecordWithoutIntegrity {
+    id: LvId,
+    uuid: Uuid,
+    vg: VgId,
+    name: String,
+    size_bytes: u64,
+    thin: bool,
+    layout: Layout,
+    epoch: u64,
+    max_recovery_rate: u64,
 }
 
 /// An LV record as written before it had a recovery rate.
@@ -130,10 +155,26 @@ struct LvRecordWithoutRate {
     epoch: u64,
 }
 
-/// An LV record, in its current form or the one before recovery rates
-/// (which reads back as unlimited).
+/// An LV record, in its current form or one of the older ones, longest
+/// first (a shorter form would read a longer record and drop its tail):
+/// before integrity (reads back without), before recovery rates (reads
+/// back as unlimited).
 pub(crate) fn decode_lv(bytes: &[u8]) -> MetaResult<LvRecord> {
     decode::<LvRecord>(bytes, "LV record").or_else(|e| {
+        if let Ok(old) = decode::<LvRecordWithoutIntegrity>(bytes, "LV record") {
+            return Ok(LvRecord {
+                id: old.id,
+                uuid: old.uuid,
+                vg: old.vg,
+                name: old.name,
+                size_bytes: old.size_bytes,
+                thin: old.thin,
+                layout: old.layout,
+                epoch: old.epoch,
+                max_recovery_rate: old.max_recovery_rate,
+                raid_integrity: false,
+            });
+        }
         let old = decode::<LvRecordWithoutRate>(bytes, "LV record").map_err(|_| e)?;
         Ok(LvRecord {
             id: old.id,
@@ -145,6 +186,7 @@ pub(crate) fn decode_lv(bytes: &[u8]) -> MetaResult<LvRecord> {
             layout: old.layout,
             epoch: old.epoch,
             max_recovery_rate: 0,
+            raid_integrity: false,
         })
     })
 }
@@ -287,9 +329,10 @@ mod tests {
         assert!(decode_checksums(&[]).is_err());
     }
 
-    /// LV records written before recovery rates read back as unlimited.
+    /// LV records written before recovery rates read back as unlimited,
+    /// and those written before integrity without it.
     #[test]
-    fn lv_records_read_the_form_without_a_recovery_rate() {
+    fn lv_records_read_the_older_forms() {
         let record = LvRecord {
             id: 4,
             uuid: Uuid::new_v4(),
@@ -300,6 +343,7 @@ mod tests {
             layout: Layout::Linear,
             epoch: 7,
             max_recovery_rate: 0,
+            raid_integrity: false,
         };
         let older = encode(&(
             record.id,
@@ -314,9 +358,26 @@ mod tests {
         assert_eq!(decode_lv(&older).unwrap(), record);
         let limited = LvRecord {
             max_recovery_rate: 64 << 20,
-            ..record
+            ..record.clone()
         };
-        assert_eq!(decode_lv(&encode(&limited)).unwrap(), limited);
+        let without_integrity = encode(&(
+            limited.id,
+            limited.uuid,
+            limited.vg,
+            &limited.name,
+            limited.size_bytes,
+            limited.thin,
+            limited.layout,
+            limited.epoch,
+            limited.max_recovery_rate,
+        ));
+        assert_eq!(decode_lv(&without_integrity).unwrap(), limited);
+        let checked = LvRecord {
+            layout: Layout::Raid1 { copies: 2 },
+            raid_integrity: true,
+            ..limited
+        };
+        assert_eq!(decode_lv(&encode(&checked)).unwrap(), checked);
         assert!(decode_lv(&older[..older.len() - 1]).is_err());
     }
 

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use metadata::{ExtentEntry, Layout, MapChange, MetaError, Service};
+use metadata::{ExtentEntry, Layout, LvOptions, MapChange, MetaError, Service};
 use uuid::Uuid;
 
 const MIB: u64 = 1 << 20;
@@ -91,6 +91,44 @@ fn lifecycle_persists_across_reopen() {
     assert_eq!(svc.pv_reports().len(), 1);
 }
 
+fn rate(max_recovery_rate: u64) -> LvOptions {
+    LvOptions {
+        max_recovery_rate,
+        ..LvOptions::default()
+    }
+}
+
+#[test]
+fn integrity_persists_and_only_mirrors_take_it() {
+    let fx = Fixture::new();
+    let on = LvOptions {
+        raid_integrity: true,
+        ..LvOptions::default()
+    };
+    {
+        let svc = pool(&fx, 3, 10);
+        let mirror = Layout::Raid1 { copies: 2 };
+        let lv = svc
+            .create_lv_with("vg", "mirror", 8 * MIB, true, mirror, on)
+            .unwrap();
+        assert!(lv.raid_integrity);
+        let raid5 = Layout::Raid5 {
+            stripes: 2,
+            unit_bytes: 64 << 10,
+        };
+        for layout in [Layout::Linear, Layout::Raid1 { copies: 1 }, raid5] {
+            let refused = svc.create_lv_with("vg", "other", 8 * MIB, true, layout, on);
+            assert!(
+                matches!(refused, Err(MetaError::InvalidArgument(_))),
+                "{layout:?}: {refused:?}"
+            );
+            assert!(svc.lookup_lv("vg", "other").is_err(), "nothing half-made");
+        }
+    }
+    let svc = fx.open();
+    assert!(svc.lookup_lv("vg", "mirror").unwrap().0.raid_integrity);
+}
+
 #[test]
 fn recovery_rates_persist_and_only_redundant_lvs_take_one() {
     let fx = Fixture::new();
@@ -98,7 +136,7 @@ fn recovery_rates_persist_and_only_redundant_lvs_take_one() {
         let svc = pool(&fx, 2, 10);
         let mirror = Layout::Raid1 { copies: 2 };
         let lv = svc
-            .create_lv_with_rate("vg", "mirror", 8 * MIB, true, mirror, 64 * MIB)
+            .create_lv_with("vg", "mirror", 8 * MIB, true, mirror, rate(64 * MIB))
             .unwrap();
         assert_eq!(lv.max_recovery_rate, 64 * MIB);
         svc.create_lv("vg", "plain", 8 * MIB, true, Layout::Linear)
@@ -108,7 +146,7 @@ fn recovery_rates_persist_and_only_redundant_lvs_take_one() {
             matches!(&refused, Err(MetaError::InvalidArgument(m)) if m.contains("redundant")),
             "{refused:?}"
         );
-        let refused = svc.create_lv_with_rate("vg", "fast", 8 * MIB, true, Layout::Linear, MIB);
+        let refused = svc.create_lv_with("vg", "fast", 8 * MIB, true, Layout::Linear, rate(MIB));
         assert!(matches!(refused, Err(MetaError::InvalidArgument(_))));
         assert!(svc.lookup_lv("vg", "fast").is_err(), "nothing half-made");
         assert!(matches!(

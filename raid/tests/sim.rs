@@ -14,6 +14,9 @@
 //! `cargo test --release -p raid --test sim` runs a short range of seeds.
 //! `BV_SIM_SEEDS=5000` runs seeds 0..5000 (`BV_SIM_SEEDS=A..B` a range);
 //! `BV_SIM_SEED=N` replays seed N, and `BV_SIM_TRACE=1` prints its requests.
+//! `BV_SIM_INTEGRITY=1` makes every mirror of two copies or more one with
+//! `--raidintegrity y`; `simulation_of_mirrors_with_integrity` does that
+//! for the short run's mirrors.
 
 mod common;
 #[path = "sim/model.rs"]
@@ -33,6 +36,7 @@ use blockvirt::testing::{run_seeds, SimFaults};
 use blockvirt::volume::{ThinVolume, VolumeOptions};
 use blockvirt::Checked;
 use common::pool::{Pool, PE};
+use metadata::LvOptions;
 use model::{Model, Tag, BLOCK};
 use ops::{draw_io, Op, Shape};
 use plan::{Fault, Plan};
@@ -95,19 +99,42 @@ const REGRESSIONS: [u64; 28] = [
 /// Real time one seed may take before it counts as hung.
 const SEED_LIMIT: Duration = Duration::from_secs(120);
 
+/// `BV_SIM_INTEGRITY=1` runs mirrors with `--raidintegrity y`.
 #[test]
 fn simulation() {
     let seeds = match std::env::var("BV_SIM_SEEDS") {
         Ok(value) => parse_seeds(&value),
         Err(_) => SHORT_RUN,
     };
-    run_seeds(seeds, |seed| with_deadline(seed, move || simulate(seed)));
+    let integrity = std::env::var_os("BV_SIM_INTEGRITY").is_some_and(|v| v == "1");
+    run_seeds(seeds, |seed| {
+        with_deadline(seed, move || simulate(plan_of(seed, integrity)))
+    });
+}
+
+/// The mirrors of the short run again, with integrity.
+#[test]
+fn simulation_of_mirrors_with_integrity() {
+    let seeds: Vec<u64> = SHORT_RUN
+        .filter(|&seed| Plan::with_integrity(seed).integrity)
+        .collect();
+    assert!(!seeds.is_empty());
+    for seed in seeds {
+        with_deadline(seed, move || simulate(Plan::with_integrity(seed)));
+    }
+}
+
+fn plan_of(seed: u64, integrity: bool) -> Plan {
+    match integrity {
+        true => Plan::with_integrity(seed),
+        false => Plan::new(seed),
+    }
 }
 
 #[test]
 fn regressions() {
     for seed in REGRESSIONS {
-        with_deadline(seed, move || simulate(seed));
+        with_deadline(seed, move || simulate(Plan::new(seed)));
     }
 }
 
@@ -152,8 +179,7 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
-fn simulate(seed: u64) {
-    let plan = Plan::new(seed);
+fn simulate(plan: Plan) {
     let mut sim = Sim::new(plan.clone());
     let lives = plan.lives.len();
     for (life, &batches) in plan.lives.iter().enumerate() {
@@ -283,8 +309,12 @@ impl Sim {
             let plan = &self.plan;
             let pool =
                 Pool::with_faults(plan.disks, plan.pes_per_disk, plan.seed, plan.faults).await;
+            let options = LvOptions {
+                raid_integrity: plan.integrity,
+                ..LvOptions::default()
+            };
             pool.service
-                .create_lv("vg", "lv", self.shape.size, plan.thin, plan.layout)
+                .create_lv_with("vg", "lv", self.shape.size, plan.thin, plan.layout, options)
                 .unwrap();
             self.pool = Some(pool);
             return Some(

@@ -363,6 +363,21 @@ fn redundancy_verbs_and_their_errors() {
             "at least 1 parity shard",
         ),
         ("--type raid7 -V 16m -n r vg", USAGE, "unknown --type raid7"),
+        (
+            "--raidintegrity y -V 16m -n r vg",
+            FAILED,
+            "--raidintegrity needs a mirror",
+        ),
+        (
+            "--type raid5 -i 2 --raidintegrity y -V 16m -n r vg",
+            FAILED,
+            "--raidintegrity needs a mirror",
+        ),
+        (
+            "--type raid1 -m 1 --raidintegrity yes -V 16m -n r vg",
+            USAGE,
+            "'yes'",
+        ),
     ] {
         assert_fails(&server, &lvcreate(options), code, needle);
     }
@@ -381,6 +396,14 @@ fn redundancy_verbs_and_their_errors() {
     assert!(out.contains("vg/mirror changed"), "{out}");
     let mirror = server.lv_report("vg", "mirror");
     assert_eq!(mirror["raid_max_recovery_rate"], "2097152", "{mirror}");
+    assert_eq!(mirror["raid_integrity"], "n", "{mirror}");
+    server.bv_ok(&lvcreate(
+        "--type raid1 -m 1 --raidintegrity y -V 16m -n checked vg",
+    ));
+    let checked = server.lv_report("vg", "checked");
+    assert_eq!(checked["raid_integrity"], "y", "{checked}");
+    let shown = server.bv_ok(&["lvdisplay", "vg/checked"]);
+    assert!(shown.contains("--raidintegrity y"), "{shown}");
 
     let refused: &[(&[&str], i32, &str)] = &[
         // Repair and scrub are for redundant LVs.

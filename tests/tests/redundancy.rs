@@ -115,6 +115,12 @@ const CASES: &[Case] = &[
         thin: true,
     },
     Case {
+        vg: "raid1int",
+        options: &["--type", "raid1", "-m", "1", "--raidintegrity", "y"],
+        tolerance: 1,
+        thin: true,
+    },
+    Case {
         vg: "raid5",
         options: &["--type", "raid5", "-i", "3"],
         tolerance: 1,

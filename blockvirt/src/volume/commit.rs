@@ -19,7 +19,9 @@
 //! 4. if a placement was released, let the layout retire anything that
 //!    could still write to it after a restart (its stripe journal);
 //! 5. commit the snapshot to the metadata service (synced there);
-//! 6. only then acknowledge the FLUSH / FUA that asked for it.
+//! 6. drop what layouts kept until those checksums were committed (the
+//!    records of mirror writes); keep the rest for a later commit;
+//! 7. only then acknowledge the FLUSH / FUA that asked for it.
 //!
 //! Group commit: a flush that arrives while a commit runs waits for the
 //! next one; a flush that finds that a commit started after it arrived has
@@ -40,7 +42,11 @@ use std::time::Duration;
 use futures::future::join_all;
 use metadata::{CommitBatch, ExtentEntry, MapChange, PeAddr, Placement, PvId};
 
+use super::layout::Kept;
 use super::{chunk_checksums, meta_error, Inner, Slot};
+
+/// Bits of an extent's chunk mask.
+const CHUNK_BITS: u8 = 64;
 use crate::error::{BlockResult, ErrorKind};
 
 /// What changed since the last commit.
@@ -56,6 +62,42 @@ pub(super) struct Dirty {
     /// A placement was unmapped or replaced: the layout's barrier runs
     /// before the commit even if nothing was written.
     pub placements_released: bool,
+    /// What layouts logged ahead of writes, kept until a commit records
+    /// the checksums of those writes' chunks.
+    pub kept: Vec<KeptFor>,
+}
+
+/// What a layout logged ahead of a write of chunks `chunks` (bits) of
+/// extent `le`, numbered in the order it reached the dirty set.
+pub(super) struct KeptFor {
+    pub le: u64,
+    pub chunks: u64,
+    pub kept: Vec<Kept>,
+    pub seq: u64,
+}
+
+impl KeptFor {
+    pub fn new(le: u64, chunks: u64, kept: Vec<Kept>) -> KeptFor {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        KeptFor {
+            le,
+            chunks,
+            kept,
+            seq: NEXT.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+}
+
+impl std::fmt::Debug for KeptFor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "KeptFor(LE {}, chunks {:#x}, {} kept)",
+            self.le,
+            self.chunks,
+            self.kept.len()
+        )
+    }
 }
 
 #[derive(Debug, Default)]
@@ -89,13 +131,22 @@ impl Inner {
         if !self.dirty.lock().pvs.is_empty() {
             self.redundancy.barrier().await?;
         }
+        // What layouts kept stays in the dirty set until this commit is
+        // durable (a failed commit drops nothing).
         let Dirty {
             extents,
             mut pvs,
             checksum_chunks,
             returned,
             placements_released,
-        } = std::mem::take(&mut *self.dirty.lock());
+            kept: _,
+        } = {
+            let mut dirty = self.dirty.lock();
+            let kept = std::mem::take(&mut dirty.kept);
+            let taken = std::mem::take(&mut *dirty);
+            dirty.kept = kept;
+            taken
+        };
         let mut batch = CommitBatch {
             returned,
             ..CommitBatch::default()
@@ -142,15 +193,19 @@ impl Inner {
                 .get(&le)
                 .is_some_and(|bits| bits & (1 << chunk) != 0)
         };
-        {
+        // Of what layouts kept, what was there by now had its chunks marked
+        // dirty by now (`keep_until_committed`): this commit covers them.
+        let kept_before = {
             let mut dirty = self.dirty.lock();
+            let kept_before = dirty.kept.iter().map(|k| k.seq + 1).max().unwrap_or(0);
             let (now, later): (BTreeSet<_>, BTreeSet<_>) =
                 std::mem::take(&mut dirty.checksum_chunks)
                     .into_iter()
                     .partition(in_snapshot);
             checksum_chunks.extend(now);
             dirty.checksum_chunks = later;
-        }
+            kept_before
+        };
         // An extent unmapped, or mapped anew, since its snapshot: its
         // checksums belong to what the next commit records.
         let recorded: BTreeMap<u64, Option<&Placement>> = batch
@@ -159,6 +214,9 @@ impl Inner {
             .map(|change| (change.le, change.entry.as_ref().map(|e| &e.placement)))
             .collect();
         let mut deferred = Vec::new();
+        // Chunks whose checksums this commit records, or that have none to
+        // record any more (unmapped): what was kept for them can go.
+        let mut settled_chunks: BTreeSet<(u64, u8)> = BTreeSet::new();
         for (le, chunk) in checksum_chunks {
             let slot = self.slot(le);
             let guard = slot.placement.read().await;
@@ -174,6 +232,7 @@ impl Inner {
                         .push(chunk_checksums(&slot, le, chunk, &self.geometry));
                 }
             }
+            settled_chunks.insert((le, chunk));
         }
         self.dirty.lock().checksum_chunks.extend(deferred);
         self.flush_pvs(&pvs).await?;
@@ -190,6 +249,20 @@ impl Inner {
             let mut bits = slot.bits.lock();
             bits.committed = bits.committed.max(version);
         }
+        // Kept for chunks whose checksums went out in this commit: dropped
+        // now that the commit is durable. The rest waits for a later one.
+        let done: Vec<KeptFor> = {
+            let mut dirty = self.dirty.lock();
+            let (done, waiting) = std::mem::take(&mut dirty.kept).into_iter().partition(|k| {
+                k.seq < kept_before
+                    && (0..CHUNK_BITS)
+                        .filter(|chunk| k.chunks & (1 << chunk) != 0)
+                        .all(|chunk| settled_chunks.contains(&(k.le, chunk)))
+            });
+            dirty.kept = waiting;
+            done
+        };
+        drop(done);
         Ok(())
     }
 

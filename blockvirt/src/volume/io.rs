@@ -8,9 +8,9 @@ use futures::future::join_all;
 use metadata::Placement;
 use parking_lot::Mutex;
 
-use super::commit::Dirty;
+use super::commit::{Dirty, KeptFor};
 use super::geometry::Piece;
-use super::layout::{BlockCheck, Legs, ReadReport};
+use super::layout::{BlockCheck, Kept, Legs, ReadReport};
 use super::{block_checksum, Inner, Slot};
 use crate::buf::{IoBuf, IoBufMut, IO_ALIGN};
 use crate::device::{
@@ -29,6 +29,17 @@ pub(super) struct SlotCheck<'a> {
     /// The write in progress, if any: its extent offset and the checksums
     /// of its blocks.
     pub writing: Option<(u64, &'a [u32])>,
+    pub lv: u64,
+    /// What the layout logged ahead of the write in progress, kept until
+    /// its checksums are committed (moved to the dirty set with them).
+    pub kept: Mutex<Vec<Kept>>,
+}
+
+impl SlotCheck<'_> {
+    /// What the layout asked to keep; see `kept`.
+    pub fn take_kept(&self) -> Vec<Kept> {
+        std::mem::take(&mut *self.kept.lock())
+    }
 }
 
 impl BlockCheck for SlotCheck<'_> {
@@ -65,6 +76,14 @@ impl BlockCheck for SlotCheck<'_> {
             .contains(&((offset_bytes / IO_ALIGN as u64) as usize))
     }
 
+    fn extent(&self) -> Option<(u64, u64)> {
+        Some((self.lv, self.le))
+    }
+
+    fn keep_until_committed(&self, kept: Kept) {
+        self.kept.lock().push(kept);
+    }
+
     fn mark_known_bad(&self, offset_bytes: u64) {
         if !self.covers(offset_bytes) {
             return;
@@ -87,6 +106,8 @@ impl Inner {
             chunk_bytes: self.geometry.chunk_bytes,
             dirty: &self.dirty,
             writing: None,
+            lv: self.token.lv,
+            kept: Mutex::new(Vec::new()),
         })
     }
 
@@ -237,7 +258,24 @@ impl Inner {
         Ok(())
     }
 
+    /// Writes one piece; when the layout needs a commit first (see
+    /// `ErrorKind::NeedsCommit`), commits with the extent let go, and tries
+    /// again.
     async fn write_piece(&self, piece: Piece, data: IoBuf, flags: WriteFlags) -> BlockResult<()> {
+        loop {
+            match self.write_piece_once(piece, data.clone(), flags).await {
+                Err(e) if e.kind() == ErrorKind::NeedsCommit => self.sync().await?,
+                done => return done,
+            }
+        }
+    }
+
+    async fn write_piece_once(
+        &self,
+        piece: Piece,
+        data: IoBuf,
+        flags: WriteFlags,
+    ) -> BlockResult<()> {
         let slot = self.slot(piece.le);
         self.ensure_synced(piece.le, &slot).await;
         let touched = self.geometry.touched(&piece);
@@ -268,8 +306,12 @@ impl Inner {
                             check.as_ref().map(|c| c as &dyn BlockCheck),
                         )
                         .await;
+                    let kept = check.as_ref().map_or_else(Vec::new, SlotCheck::take_kept);
                     if let Err(e) = written {
-                        self.write_failed(&slot, &legs);
+                        self.keep_until_committed(piece.le, touched, kept);
+                        if e.kind() != ErrorKind::NeedsCommit {
+                            self.write_failed(&slot, &legs);
+                        }
                         return Err(e);
                     }
                     self.completed_write(
@@ -280,6 +322,7 @@ impl Inner {
                         &sums,
                         touched,
                     );
+                    self.keep_until_committed(piece.le, touched, kept);
                     return Ok(());
                 }
             }
@@ -318,7 +361,7 @@ impl Inner {
         let legs = self.legs(placement);
         let sums = self.block_checksums(&data);
         let check = self.write_check(&slot, piece.le, start, &sums);
-        if let Err(e) = self
+        let written = self
             .redundancy
             .write(
                 &legs,
@@ -327,15 +370,19 @@ impl Inner {
                 flags,
                 check.as_ref().map(|c| c as &dyn BlockCheck),
             )
-            .await
-        {
+            .await;
+        let kept = check.as_ref().map_or_else(Vec::new, SlotCheck::take_kept);
+        if let Err(e) = written {
             if newly_mapped {
                 // No commit could see it (we held the extent): reuse it.
                 let unused = guard.take().expect("mapped above");
                 slot.ready.store(false, Ordering::Release);
                 self.reservation.lock().push(unused);
             } else {
-                self.write_failed(&slot, &legs);
+                self.keep_until_committed(piece.le, touched, kept);
+                if e.kind() != ErrorKind::NeedsCommit {
+                    self.write_failed(&slot, &legs);
+                }
             }
             return Err(e);
         }
@@ -343,6 +390,7 @@ impl Inner {
             self.placement_changed(&slot, piece.le);
         }
         self.completed_write(&slot, piece.le, &legs, start, &sums, touched);
+        self.keep_until_committed(piece.le, touched, kept);
         Ok(())
     }
 
@@ -360,6 +408,24 @@ impl Inner {
         self.record_block_checksums(slot, le, offset_bytes, sums);
         self.update_bits(slot, le, |written| written | touched);
         self.wrote_to(legs);
+    }
+
+    /// Hands what the layout logged ahead of a write of chunks `chunks` of
+    /// extent `le` to the next commit that records their checksums (see
+    /// `commit.rs`). Called after the checksums are recorded, never before:
+    /// a commit in between would drop it with the checksums still out. The
+    /// chunks are marked dirty again with it, in one step: a commit that
+    /// took them in between has recorded the checksums without it, and
+    /// none would come for it otherwise.
+    fn keep_until_committed(&self, le: u64, chunks: u64, kept: Vec<Kept>) {
+        if kept.is_empty() {
+            return;
+        }
+        let mut dirty = self.dirty.lock();
+        for chunk in (0..64u8).filter(|chunk| chunks & (1 << chunk) != 0) {
+            dirty.checksum_chunks.insert((le, chunk));
+        }
+        dirty.kept.push(KeptFor::new(le, chunks, kept));
     }
 
     /// After a write into a placed extent failed: some of it may have
@@ -414,7 +480,23 @@ impl Inner {
         Ok(())
     }
 
+    /// Zeroes one piece, committing and trying again where the layout
+    /// needs a commit first (as `write_piece`).
     async fn zero_piece(&self, piece: Piece, flags: ZeroFlags, discard: bool) -> BlockResult<()> {
+        loop {
+            match self.zero_piece_once(piece, flags, discard).await {
+                Err(e) if e.kind() == ErrorKind::NeedsCommit => self.sync().await?,
+                done => return done,
+            }
+        }
+    }
+
+    async fn zero_piece_once(
+        &self,
+        piece: Piece,
+        flags: ZeroFlags,
+        discard: bool,
+    ) -> BlockResult<()> {
         let keep_allocated = flags.contains(ZeroFlags::NO_HOLE) && !discard;
         let slot = self.slot(piece.le);
         self.ensure_synced(piece.le, &slot).await;
@@ -446,16 +528,21 @@ impl Inner {
                 if set {
                     let offset = piece.offset_bytes + start;
                     let check = self.check(&slot, piece.le);
-                    let check = check.as_ref().map(|c| c as &dyn BlockCheck);
-                    if let Err(e) = self
+                    let zeroed = self
                         .redundancy
-                        .write_zeroes(&legs, offset, len, check)
-                        .await
-                    {
-                        self.write_failed(&slot, &legs);
+                        .write_zeroes(&legs, offset, len, check.as_ref().map(|c| c as _))
+                        .await;
+                    let kept = check.as_ref().map_or_else(Vec::new, SlotCheck::take_kept);
+                    let chunks = self.geometry.touched(&piece) & partial;
+                    if let Err(e) = zeroed {
+                        self.keep_until_committed(piece.le, chunks, kept);
+                        if e.kind() != ErrorKind::NeedsCommit {
+                            self.write_failed(&slot, &legs);
+                        }
                         return Err(e);
                     }
                     self.record_checksums(&slot, piece.le, offset, &vec![0; len as usize]);
+                    self.keep_until_committed(piece.le, chunks, kept);
                     self.wrote_to(&legs);
                 }
             }

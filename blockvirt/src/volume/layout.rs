@@ -17,7 +17,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use metadata::{Layout, PvId};
+use metadata::{Layout, LvRecord, PvId};
 
 use super::pvs::PvSet;
 use crate::buf::{IoBuf, IoBufMut};
@@ -110,6 +110,18 @@ pub trait BlockCheck: Send + Sync {
     /// adopt it, whatever the row says.
     fn known_bad(&self, offset_bytes: u64) -> bool;
 
+    /// The extent checked: (LV id, LE). `None` outside a volume.
+    fn extent(&self) -> Option<(u64, u64)> {
+        None
+    }
+
+    /// Keeps `kept` (what a layout logged ahead of this write, such as the
+    /// pins of its records) until the checksums of the write are committed,
+    /// and drops it then. Where nothing commits checksums, drops it now.
+    fn keep_until_committed(&self, kept: Kept) {
+        drop(kept);
+    }
+
     /// Records that no copy of the block at `offset_bytes` matched its
     /// checksum when a write had to encode redundancy from it as it stood,
     /// so the redundancy now agrees with bad bytes. Durable with the next
@@ -117,6 +129,10 @@ pub trait BlockCheck: Send + Sync {
     /// [`covers`](BlockCheck::covers) is false.
     fn mark_known_bad(&self, offset_bytes: u64);
 }
+
+/// Something a layout needs kept alive until a commit (see
+/// [`BlockCheck::keep_until_committed`]).
+pub type Kept = Box<dyn std::any::Any + Send + Sync>;
 
 /// What a verified read had to do.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -251,7 +267,8 @@ pub trait Redundancy: Send + Sync + std::fmt::Debug {
 
 /// Builds the `Redundancy` for an LV's layout.
 pub trait Layouts: Send + Sync + 'static {
-    fn build(&self, layout: Layout, pe_bytes: u64) -> BlockResult<Arc<dyn Redundancy>>;
+    /// The I/O of LV `lv`'s layout (and its options) over PEs of `pe_bytes`.
+    fn build(&self, lv: &LvRecord, pe_bytes: u64) -> BlockResult<Arc<dyn Redundancy>>;
 }
 
 /// Only the layouts this crate implements (linear).
@@ -259,8 +276,8 @@ pub trait Layouts: Send + Sync + 'static {
 pub struct LinearOnly;
 
 impl Layouts for LinearOnly {
-    fn build(&self, layout: Layout, pe_bytes: u64) -> BlockResult<Arc<dyn Redundancy>> {
-        match layout {
+    fn build(&self, lv: &LvRecord, pe_bytes: u64) -> BlockResult<Arc<dyn Redundancy>> {
+        match lv.layout {
             Layout::Linear => Ok(Arc::new(Linear::new(pe_bytes))),
             other => Err(BlockError::new(
                 ErrorKind::Unsupported,

@@ -206,6 +206,8 @@ impl Inner {
             chunk_bytes: self.geometry.chunk_bytes,
             dirty: &self.dirty,
             writing: None,
+            lv: self.token.lv,
+            kept: parking_lot::Mutex::new(Vec::new()),
         };
         let whole = super::geometry::Piece {
             le,

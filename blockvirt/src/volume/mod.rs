@@ -73,7 +73,7 @@ pub use checksum::{block_checksum, CHECKSUM_BLOCK_BYTES};
 use commit::{Committer, Dirty};
 pub use geometry::Geometry;
 pub use layout::{
-    BlockCheck, Layouts, Leg, Legs, Linear, LinearOnly, ReadReport, Redundancy, ScrubMode,
+    BlockCheck, Kept, Layouts, Leg, Legs, Linear, LinearOnly, ReadReport, Redundancy, ScrubMode,
     ScrubReport,
 };
 pub use pvs::{PvHandle, PvSet};
@@ -303,7 +303,7 @@ impl Inner {
         let pe_bytes = grant.vg.extent_bytes;
         let redundancy = options
             .layouts
-            .build(grant.lv.layout, pe_bytes)
+            .build(&grant.lv, pe_bytes)
             .map_err(|e| e.context_prefix(&name))?;
         let geometry = Geometry::new(redundancy.extent_bytes());
         let checksummed = grant.lv.layout.is_redundant();

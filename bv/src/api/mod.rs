@@ -88,6 +88,9 @@ pub struct CreateLv {
     /// `--maxrecoveryrate`, bytes per second; 0: unlimited.
     #[serde(default)]
     pub max_recovery_rate: u64,
+    /// `--raidintegrity y`.
+    #[serde(default)]
+    pub raid_integrity: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -480,6 +480,7 @@ fn lvcreate_request(args: &LvcreateArgs) -> Result<CreateLv, String> {
             .maxrecoveryrate
             .as_deref()
             .map_or(Ok(0), parse_recovery_rate)?,
+        raid_integrity: args.raidintegrity.as_deref() == Some("y"),
     })
 }
 

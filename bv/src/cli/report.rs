@@ -142,6 +142,11 @@ impl Report {
                         None,
                         units.format(r.record.max_recovery_rate),
                     ),
+                    (
+                        "raid_integrity",
+                        None,
+                        if r.record.raid_integrity { "y" } else { "n" }.into(),
+                    ),
                     ("lv_degraded_extents", None, r.degraded_extents.to_string()),
                     ("lv_lost_extents", None, r.lost_extents.to_string()),
                     ("lv_uuid", None, r.record.uuid.to_string()),
@@ -300,6 +305,7 @@ fn heading_of(field: &'static str) -> &'static str {
         "raid_sync_action" => "SyncAction",
         "raid_mismatch_count" => "Mismatches",
         "raid_max_recovery_rate" => "MaxSync",
+        "raid_integrity" => "Integrity",
         "lv_degraded_extents" => "Degraded",
         "lv_lost_extents" => "Lost",
         other => other,
@@ -463,6 +469,13 @@ pub fn lvdisplay(lv: &LvStatus) -> String {
             match r.record.max_recovery_rate {
                 0 => "unlimited".into(),
                 rate => format!("{}/s", units.format(rate)),
+            },
+        );
+        line(
+            "Integrity",
+            match r.record.raid_integrity {
+                true => "checksums of writes logged ahead (--raidintegrity y)".into(),
+                false => "no".into(),
             },
         );
     }

@@ -61,6 +61,7 @@ fn snapshot() -> Snapshot {
             layout: Layout::Linear,
             epoch: 3,
             max_recovery_rate: 0,
+            raid_integrity: false,
         },
         vg_name: "vg0".into(),
         extent_bytes: 4 << 20,

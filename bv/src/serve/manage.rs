@@ -3,7 +3,7 @@
 //! online, which LVs are open) and tells open volumes about changes.
 
 use metadata::model::DEFAULT_EXTENT_BYTES;
-use metadata::{LvRecord, MetaResult, PvRecord, VgRecord};
+use metadata::{LvOptions, LvRecord, MetaResult, PvRecord, VgRecord};
 
 use super::Server;
 use crate::api::{
@@ -86,13 +86,16 @@ impl Server {
     pub async fn create_lv(&self, request: CreateLv) -> Result<LvRecord, ApiError> {
         let _turn = self.manage.lock().await;
         self.metadata(move |s| {
-            s.create_lv_with_rate(
+            s.create_lv_with(
                 &request.vg,
                 &request.name,
                 request.size_bytes,
                 request.thin,
                 request.layout,
-                request.max_recovery_rate,
+                LvOptions {
+                    max_recovery_rate: request.max_recovery_rate,
+                    raid_integrity: request.raid_integrity,
+                },
             )
         })
         .await

@@ -249,7 +249,7 @@ async fn open_journals(service: &Service, pvs: &PvSet) -> anyhow::Result<Journal
         .await
         .context("opening the stripe journals")?;
     let report = journals
-        .recover()
+        .recover_with(Some(service))
         .await
         .context("replaying the stripe journals")?;
     if report.entries_replayed > 0 || report.entries_unreadable > 0 || report.entries_in_place > 0 {

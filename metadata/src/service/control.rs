@@ -10,8 +10,8 @@ use super::{extents_for, unreserve, LvState, Service, State};
 use crate::error::{MetaError, MetaResult};
 use crate::layout::Layout;
 use crate::model::{
-    encode, id_key, pair_key, pv_data_offset, validate_name, ExtentEntry, FaultPolicy, LvRecord,
-    Placement, PvId, PvRecord, VgRecord, MAX_EXTENT_BYTES, MIN_EXTENT_BYTES,
+    encode, id_key, pair_key, pv_data_offset, validate_name, ExtentEntry, FaultPolicy, LvOptions,
+    LvRecord, Placement, PvId, PvRecord, VgRecord, MAX_EXTENT_BYTES, MIN_EXTENT_BYTES,
 };
 use crate::store::{Change, Table};
 
@@ -253,22 +253,32 @@ impl Service {
         thin: bool,
         layout: Layout,
     ) -> MetaResult<LvRecord> {
-        self.create_lv_with_rate(vg_name, name, size_bytes, thin, layout, 0)
+        self.create_lv_with(
+            vg_name,
+            name,
+            size_bytes,
+            thin,
+            layout,
+            LvOptions::default(),
+        )
     }
 
-    /// [`create_lv`](Self::create_lv) with a maximum recovery rate (bytes
-    /// per second; 0: unlimited), which only a redundant layout takes.
-    pub fn create_lv_with_rate(
+    /// [`create_lv`](Self::create_lv) with options: a maximum recovery
+    /// rate (bytes per second; 0: unlimited), which only a redundant layout
+    /// takes, and integrity, which only a mirror takes.
+    pub fn create_lv_with(
         &self,
         vg_name: &str,
         name: &str,
         size_bytes: u64,
         thin: bool,
         layout: Layout,
-        max_recovery_rate: u64,
+        options: LvOptions,
     ) -> MetaResult<LvRecord> {
         validate_name("logical volume", name)?;
-        check_recovery_rate(&format!("{vg_name}/{name}"), layout, max_recovery_rate)?;
+        let lv_name = format!("{vg_name}/{name}");
+        check_recovery_rate(&lv_name, layout, options.max_recovery_rate)?;
+        check_integrity(&lv_name, layout, options.raid_integrity)?;
         let mut st = self.state.lock();
         let vg = st.vg_by_name(vg_name)?.clone();
         if st
@@ -305,7 +315,8 @@ impl Service {
             thin,
             layout,
             epoch: 0,
-            max_recovery_rate,
+            max_recovery_rate: options.max_recovery_rate,
+            raid_integrity: options.raid_integrity,
         };
         let placements = if thin {
             Vec::new()
@@ -690,6 +701,22 @@ fn extent_puts(
 
 /// A recovery rate only means something where there is redundancy to
 /// rebuild or check (LVM refuses it on non-RAID LVs too).
+/// Integrity records the checksums of mirror writes; parity layouts have
+/// their stripe journal, and a single copy has nothing to tell apart.
+fn check_integrity(lv: &str, layout: Layout, integrity: bool) -> MetaResult<()> {
+    let mirror = match layout {
+        Layout::Raid1 { copies } | Layout::Raid10 { copies, .. } => copies >= 2,
+        _ => false,
+    };
+    if integrity && !mirror {
+        return Err(MetaError::InvalidArgument(format!(
+            "{lv} is {}: --raidintegrity needs a mirror (raid1, raid10)",
+            layout.describe()
+        )));
+    }
+    Ok(())
+}
+
 fn check_recovery_rate(lv: &str, layout: Layout, rate: u64) -> MetaResult<()> {
     if rate > 0 && !layout.is_redundant() {
         return Err(MetaError::InvalidArgument(format!(

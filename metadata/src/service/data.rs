@@ -115,6 +115,30 @@ impl Service {
         Ok(map)
     }
 
+    /// Where the legs of extent `le` of LV `lv` lie now: (PV, device
+    /// offset of the PE, PE bytes) per leg; `None` when the LV is gone or
+    /// the extent unmapped. Journal recovery asks, so that it never
+    /// settles the records of an extent moved or freed since.
+    pub fn extent_legs(&self, lv: LvId, le: u64) -> MetaResult<Option<Vec<(PvId, u64, u64)>>> {
+        let Some(bytes) = self.store.get(Table::Extents, &pair_key(lv, le))? else {
+            return Ok(None);
+        };
+        let entry: ExtentEntry = decode(&bytes, "extent entry")?;
+        let st = self.state.lock();
+        let Some(state) = st.lvs.get(&lv) else {
+            return Ok(None);
+        };
+        let pe_bytes = st.vgs[&state.record.vg].extent_bytes;
+        let mut legs = Vec::with_capacity(entry.placement.len());
+        for pe in &entry.placement {
+            let Some(pv) = st.pvs.get(&pe.pv) else {
+                return Ok(None);
+            };
+            legs.push((pe.pv, pv.data_offset_bytes + pe.pe * pe_bytes, pe_bytes));
+        }
+        Ok(Some(legs))
+    }
+
     pub fn renew(&self, token: LeaseToken) -> MetaResult<LvRecord> {
         let mut st = self.state.lock();
         check_lease(&st, token)?;

@@ -9,7 +9,14 @@
 //!
 //! A write succeeds when at least one copy of every span took it; the
 //! copies that failed are marked failed, so they are never read again
-//! before a rebuild replaces them. Adopting a block (copies agree, the
+//! before a rebuild replaces them.
+//!
+//! With integrity (`lvcreate --raidintegrity y`), a write first logs the
+//! checksums of its blocks as records on the journals of its copies' PVs
+//! (`journal/records.rs`), and hands their pins to the volume, which drops
+//! them once it has committed the same checksums. After a power loss,
+//! recovery settles each recorded block on the copy holding the write, so
+//! damage on the other copy cannot pass for an unfinished write. Adopting a block (copies agree, the
 //! checksum does not) is for a resync alone, and needs two copies: a lone
 //! copy that fails its checksum might be rot.
 
@@ -21,8 +28,13 @@ use blockvirt::{
     BlockError, BlockResult, BufResult, ByteRange, ErrorKind, IoBuf, IoBufMut, WriteFlags,
     ZeroFlags,
 };
+use std::sync::Arc;
+use std::time::Duration;
+
 use futures::future::join_all;
-use metadata::Layout;
+use metadata::{Layout, PvId};
+
+use crate::journal::{JournalSet, RecordEntry, RecordWrite};
 
 use super::verify::{failing_blocks, join, split, unrecoverable, BLOCK};
 use crate::geometry::{LegContent, Span, StripeGeometry, StripedGeometry};
@@ -31,11 +43,20 @@ use crate::geometry::{LegContent, Span, StripeGeometry, StripedGeometry};
 /// before it copies them as they stand.
 const REBUILD_REREADS: usize = 2;
 
+/// How long a write waits for record room while it holds its extent
+/// before it asks the volume to commit (which drops pins) and come back.
+const RECORD_ROOM_WAIT: Duration = Duration::from_millis(20);
+
+/// Spans one record entry carries at most (its copies are its targets).
+const SPANS_PER_RECORD: usize = 32;
+
 #[derive(Debug)]
 pub struct Mirrored {
     geometry: StripedGeometry,
     /// Spreads reads over the copies of a group.
     next_copy: AtomicUsize,
+    /// With integrity: the journals that take the records of writes.
+    records: Option<Arc<JournalSet>>,
 }
 
 impl Mirrored {
@@ -43,7 +64,103 @@ impl Mirrored {
         Mirrored {
             geometry,
             next_copy: AtomicUsize::new(0),
+            records: None,
         }
+    }
+
+    /// A mirror whose writes log their checksums first (integrity).
+    pub fn with_records(geometry: StripedGeometry, journals: Arc<JournalSet>) -> Mirrored {
+        Mirrored {
+            records: Some(journals),
+            ..Mirrored::new(geometry)
+        }
+    }
+
+    /// Logs the records of writing `data` (zeroes where `None`) at
+    /// `offset_bytes`, spans `spans`, and hands their pins to `check`.
+    /// `NeedsCommit` when the journals have no room soon enough: nothing
+    /// is written then.
+    async fn log_records(
+        &self,
+        legs: &Legs,
+        spans: &[Span],
+        offset_bytes: u64,
+        data: Option<&IoBuf>,
+        check: Option<&dyn BlockCheck>,
+    ) -> BlockResult<()> {
+        let (Some(journals), Some(check)) = (&self.records, check) else {
+            return Ok(());
+        };
+        let Some((lv, le)) = check.extent() else {
+            return Ok(());
+        };
+        let crc_at = |span: &Span, at: usize| {
+            let in_extent = offset_bytes + span.request_offset_bytes + at as u64;
+            check.written(in_extent).unwrap_or_else(|| {
+                let at = span.request_offset_bytes as usize + at;
+                match data {
+                    Some(data) => crc32c::crc32c(&data[at..at + BLOCK]),
+                    None => crc32c::crc32c(&[0u8; BLOCK]),
+                }
+            })
+        };
+        for batch in spans.chunks(SPANS_PER_RECORD) {
+            loop {
+                let writes: Vec<RecordWrite> = batch
+                    .iter()
+                    .filter_map(|span| {
+                        let copies: Vec<(PvId, u64)> = span
+                            .legs()
+                            .filter(|&leg| legs.is_online(leg))
+                            .map(|leg| {
+                                let leg = &legs.legs[leg];
+                                (leg.pv, leg.base_bytes + span.pe_offset_bytes)
+                            })
+                            .collect();
+                        // One copy left: nothing to tell apart.
+                        (copies.len() >= 2).then(|| RecordWrite {
+                            lv,
+                            le,
+                            copies,
+                            crcs: (0..span.len_bytes as usize)
+                                .step_by(BLOCK)
+                                .map(|at| crc_at(span, at))
+                                .collect(),
+                        })
+                    })
+                    .collect();
+                if writes.is_empty() {
+                    break;
+                }
+                let mut pvs: Vec<PvId> = writes
+                    .iter()
+                    .flat_map(|w| w.copies.iter().map(|&(pv, _)| pv))
+                    .collect();
+                pvs.sort_unstable();
+                pvs.dedup();
+                let entry = RecordEntry { writes };
+                let logged = journals
+                    .log_records_within(&pvs, &entry, Some(RECORD_ROOM_WAIT))
+                    .await;
+                match logged {
+                    Ok(Some(pins)) => {
+                        check.keep_until_committed(Box::new(pins));
+                        break;
+                    }
+                    Ok(None) => {
+                        return Err(BlockError::new(
+                            ErrorKind::NeedsCommit,
+                            "no room for the records of a mirror write before a commit",
+                        ))
+                    }
+                    // A journal that failed is its PV failing (the journal
+                    // set marks it): log again on the copies left.
+                    Err(_) if copies_lost(legs, batch, &pvs) => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(())
     }
 
     fn stripe(&self) -> StripeGeometry {
@@ -237,6 +354,14 @@ fn most_common(blocks: &[&[u8]]) -> Vec<u8> {
     best.to_vec()
 }
 
+/// Whether a PV among `pvs` no longer holds an online copy of `spans`.
+fn copies_lost(legs: &Legs, spans: &[Span], pvs: &[PvId]) -> bool {
+    spans.iter().any(|span| {
+        span.legs()
+            .any(|leg| !legs.is_online(leg) && pvs.contains(&legs.legs[leg].pv))
+    })
+}
+
 fn no_copy(span: Span) -> BlockError {
     BlockError::new(
         ErrorKind::Io,
@@ -283,13 +408,15 @@ impl Redundancy for Mirrored {
         offset_bytes: u64,
         data: IoBuf,
         flags: WriteFlags,
-        _check: Option<&dyn BlockCheck>,
+        check: Option<&dyn BlockCheck>,
     ) -> BlockResult<()> {
         // Copies are written whole; nothing old is read.
         let spans: Vec<Span> = self
             .stripe()
             .spans(offset_bytes, data.len() as u64)
             .collect();
+        self.log_records(legs, &spans, offset_bytes, Some(&data), check)
+            .await?;
         let writes = spans.iter().map(|span| {
             let piece = data.slice(
                 span.request_offset_bytes as usize
@@ -334,9 +461,11 @@ impl Redundancy for Mirrored {
         legs: &Legs,
         offset_bytes: u64,
         len_bytes: u64,
-        _check: Option<&dyn BlockCheck>,
+        check: Option<&dyn BlockCheck>,
     ) -> BlockResult<()> {
         let spans: Vec<Span> = self.stripe().spans(offset_bytes, len_bytes).collect();
+        self.log_records(legs, &spans, offset_bytes, None, check)
+            .await?;
         let zeroes = spans.iter().map(|span| async move {
             let targets = span
                 .legs()

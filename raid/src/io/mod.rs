@@ -31,7 +31,7 @@ use std::sync::Arc;
 
 use blockvirt::volume::{Layouts, Linear, Redundancy};
 use blockvirt::{BlockError, BlockResult, ErrorKind};
-use metadata::Layout;
+use metadata::{Layout, LvRecord};
 
 use crate::codec::codec_for;
 use crate::geometry::StripeGeometry;
@@ -51,7 +51,8 @@ impl RaidLayouts {
 }
 
 impl Layouts for RaidLayouts {
-    fn build(&self, layout: Layout, pe_bytes: u64) -> BlockResult<Arc<dyn Redundancy>> {
+    fn build(&self, lv: &LvRecord, pe_bytes: u64) -> BlockResult<Arc<dyn Redundancy>> {
+        let layout = lv.layout;
         let invalid = |e: String| {
             BlockError::new(
                 ErrorKind::InvalidArgument,
@@ -62,6 +63,9 @@ impl Layouts for RaidLayouts {
             return Ok(Arc::new(Linear::new(pe_bytes)));
         }
         match StripeGeometry::new(layout, pe_bytes).map_err(|e| invalid(e.to_string()))? {
+            StripeGeometry::Striped(geometry) if lv.raid_integrity => Ok(Arc::new(
+                Mirrored::with_records(geometry, self.journals.clone()),
+            )),
             StripeGeometry::Striped(geometry) => Ok(Arc::new(Mirrored::new(geometry))),
             StripeGeometry::Parity(geometry) => {
                 let codec = codec_for(&layout)

@@ -82,6 +82,14 @@ pub trait ExtentLegs: Send + Sync {
     fn legs(&self, lv: u64, le: u64) -> Option<Vec<(PvId, u64, u64)>>;
 }
 
+impl ExtentLegs for metadata::Service {
+    /// A metadata error counts as "gone": a record not settled is left to
+    /// the volume's resync, where one settled wrongly could not be undone.
+    fn legs(&self, lv: u64, le: u64) -> Option<Vec<(PvId, u64, u64)>> {
+        self.extent_legs(lv, le).ok().flatten()
+    }
+}
+
 impl RecordWrite {
     pub fn len_bytes(&self) -> u64 {
         self.crcs.len() as u64 * BLOCK_BYTES
@@ -439,6 +447,20 @@ impl JournalSet {
     /// ring is full (pins dropping make room). A journal's I/O error is
     /// returned, naming its PV.
     pub async fn log_records(&self, pvs: &[PvId], entry: &RecordEntry) -> BlockResult<RecordPins> {
+        let logged = self.log_records_within(pvs, entry, None).await?;
+        Ok(logged.expect("no deadline: waits for room"))
+    }
+
+    /// [`log_records`](Self::log_records), giving up when there is no
+    /// room before `wait` has passed: `None` then, and nothing logged. For
+    /// a caller that must not wait long (it holds what a commit needs, and
+    /// only commits drop pins).
+    pub async fn log_records_within(
+        &self,
+        pvs: &[PvId],
+        entry: &RecordEntry,
+        wait: Option<std::time::Duration>,
+    ) -> BlockResult<Option<RecordPins>> {
         if !self
             .inner
             .recovered
@@ -496,8 +518,10 @@ impl JournalSet {
             },
             targets: entry.targets(),
         };
-        let reserved = match self.reserve_records(&journals, len_bytes).await {
-            Ok(reserved) => reserved,
+        let deadline = wait.map(|wait| tokio::time::Instant::now() + wait);
+        let reserved = match self.reserve_records(&journals, len_bytes, deadline).await {
+            Ok(Some(reserved)) => reserved,
+            Ok(None) => return Ok(None),
             Err(e) => {
                 self.fail_poisoned(&journals);
                 return Err(e);
@@ -539,18 +563,20 @@ impl JournalSet {
                 self.fail_poisoned(&journals);
                 Err(e)
             }
-            None => Ok(RecordPins { pins }),
+            None => Ok(Some(RecordPins { pins })),
         }
     }
 
     /// Takes record room on every journal at once, or on none (as the
     /// stripe ring's `reserve`): each slot starts with one pin, its
-    /// logger's.
+    /// logger's. `None` when `deadline` passed waiting for room (only the
+    /// wait is cut short, never a checkpoint).
     async fn reserve_records(
         &self,
         journals: &[Arc<PvJournal>],
         len_bytes: u64,
-    ) -> BlockResult<Vec<(u64, Placement)>> {
+        deadline: Option<tokio::time::Instant>,
+    ) -> BlockResult<Option<Vec<(u64, Placement)>>> {
         loop {
             let changes: Vec<_> = journals.iter().map(|j| j.subscribe()).collect();
             let lacking: Vec<usize> = {
@@ -562,15 +588,17 @@ impl JournalSet {
                     .filter(|&i| !states[i].records.has_room(len_bytes))
                     .collect();
                 if lacking.is_empty() {
-                    return Ok(states
-                        .iter_mut()
-                        .map(|state| {
-                            state
-                                .records
-                                .reserve(len_bytes, 1)
-                                .expect("room checked under the same locks")
-                        })
-                        .collect());
+                    return Ok(Some(
+                        states
+                            .iter_mut()
+                            .map(|state| {
+                                state
+                                    .records
+                                    .reserve(len_bytes, 1)
+                                    .expect("room checked under the same locks")
+                            })
+                            .collect(),
+                    ));
                 }
                 lacking
             };
@@ -580,6 +608,9 @@ impl JournalSet {
                     .checkpoint(&self.inner.pvs, Retire::CompletedPrefix)
                     .await?;
             }
+            if deadline.is_some_and(|deadline| tokio::time::Instant::now() >= deadline) {
+                return Ok(None);
+            }
             if retired == 0 {
                 // Room comes back when pins drop.
                 let mut waiting: Vec<_> = changes
@@ -588,7 +619,17 @@ impl JournalSet {
                     .filter(|(i, _)| lacking.contains(i))
                     .map(|(_, changes)| changes)
                     .collect();
-                let _ = select_all(waiting.iter_mut().map(|c| Box::pin(c.changed()))).await;
+                let changed = select_all(waiting.iter_mut().map(|c| Box::pin(c.changed())));
+                match deadline {
+                    Some(deadline) => {
+                        if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                            return Ok(None);
+                        }
+                    }
+                    None => {
+                        let _ = changed.await;
+                    }
+                }
             }
         }
     }

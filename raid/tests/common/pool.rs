@@ -212,7 +212,7 @@ async fn boot(
         }
     });
     let journals = Arc::new(JournalSet::open(pvs.clone(), regions.to_vec()).await?);
-    journals.recover().await?;
+    journals.recover_with(Some(&*service)).await?;
     Ok((service, pvs, journals))
 }
 

@@ -45,6 +45,9 @@ pub struct Plan {
     pub lives: Vec<usize>,
     /// Most requests one batch runs concurrently.
     pub concurrency: usize,
+    /// A mirror created with `--raidintegrity y` (set by the caller, not
+    /// drawn: drawing it would change every seed's plan).
+    pub integrity: bool,
 }
 
 impl Plan {
@@ -123,6 +126,21 @@ impl Plan {
             bad,
             lives,
             concurrency: rng.random_range(1..=4),
+            integrity: false,
+        }
+    }
+
+    /// The plan of `seed`, as a mirror with integrity where it is a mirror
+    /// of two copies or more.
+    pub fn with_integrity(seed: u64) -> Plan {
+        let plan = Plan::new(seed);
+        let mirror = match plan.layout {
+            Layout::Raid1 { copies } | Layout::Raid10 { copies, .. } => copies >= 2,
+            _ => false,
+        };
+        Plan {
+            integrity: mirror,
+            ..plan
         }
     }
 }
