@@ -5,8 +5,9 @@ use std::path::PathBuf;
 pub const USAGE: &str = "\
 usage: bv-bench convert [--size-mib N] [--rounds N] [--json FILE]
        bv-bench fio [--size-mib N] [--rounds N] [--runtime SECONDS] [--ramp SECONDS]
-                    [--layouts linear,raid1,raid10,raid5,ec] [--json FILE]
-       bv-bench rebuild [--size-mib N] [--runtime SECONDS] [--layouts raid1,raid10,raid5,ec]
+                    [--layouts linear,raid1,raid1-integrity,raid10,raid5,ec] [--json FILE]
+       bv-bench rebuild [--size-mib N] [--runtime SECONDS]
+                        [--layouts raid1,raid1-integrity,raid10,raid5,ec]
                         [--json FILE]";
 
 pub enum Command {
@@ -154,7 +155,10 @@ mod tests {
             panic!("rebuild refused");
         };
         assert_eq!((o.size_mib, o.runtime_s), (4096, 20));
-        assert_eq!(o.layouts, ["raid1", "raid10", "raid5", "ec"]);
+        assert_eq!(
+            o.layouts,
+            ["raid1", "raid1-integrity", "raid10", "raid5", "ec"]
+        );
         assert_eq!(o.max_recovery_rate, None);
         let Ok(Command::Rebuild(o)) = parse_words("rebuild --max-recovery-rate 100m") else {
             panic!("rebuild --max-recovery-rate refused");

@@ -37,7 +37,7 @@ pub struct LayoutSpec {
     pub data_legs: usize,
 }
 
-pub const LAYOUTS: [LayoutSpec; 5] = [
+pub const LAYOUTS: [LayoutSpec; 6] = [
     LayoutSpec {
         name: "linear",
         title: "linear",
@@ -49,6 +49,13 @@ pub const LAYOUTS: [LayoutSpec; 5] = [
         name: "raid1",
         title: "raid1",
         options: &["--type", "raid1", "-m", "1"],
+        legs: 2,
+        data_legs: 1,
+    },
+    LayoutSpec {
+        name: "raid1-integrity",
+        title: "raid1, integrity",
+        options: &["--type", "raid1", "-m", "1", "--raidintegrity", "y"],
         legs: 2,
         data_legs: 1,
     },

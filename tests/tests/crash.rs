@@ -33,9 +33,22 @@ fn acknowledged_writes_survive_kill_9() {
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut server = Server::start();
     server.make_vg("vg", 2, "80m");
-    for lv in ["a", "b"] {
-        server.bv_ok(&["lvcreate", "-V", "48m", "-n", lv, "vg"]);
-    }
+    // A linear LV, and a mirror whose writes log their checksums first.
+    server.bv_ok(&["lvcreate", "-V", "48m", "-n", "a", "vg"]);
+    server.bv_ok(&[
+        "lvcreate",
+        "--type",
+        "raid1",
+        "-m",
+        "1",
+        "--raidintegrity",
+        "y",
+        "-V",
+        "48m",
+        "-n",
+        "b",
+        "vg",
+    ]);
     let (mut acked_ops, mut acked_flushes) = (0u64, 0u64);
     for iteration in 0..iterations {
         let writers: Vec<(std::process::Child, String)> = ["a", "b"]
