@@ -92,10 +92,11 @@ impl std::fmt::Debug for KeptFor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "KeptFor(LE {}, chunks {:#x}, {} kept)",
+            "KeptFor(LE {}, chunks {:#x}, {} kept, seq {})",
             self.le,
             self.chunks,
-            self.kept.len()
+            self.kept.len(),
+            self.seq
         )
     }
 }
@@ -251,14 +252,19 @@ impl Inner {
         }
         // Kept for chunks whose checksums went out in this commit: dropped
         // now that the commit is durable. The rest waits for a later one.
+        // A write's chunks may settle over more than one commit (one in
+        // the snapshot, one not yet): each commit strikes off its own.
         let done: Vec<KeptFor> = {
             let mut dirty = self.dirty.lock();
-            let (done, waiting) = std::mem::take(&mut dirty.kept).into_iter().partition(|k| {
-                k.seq < kept_before
-                    && (0..CHUNK_BITS)
-                        .filter(|chunk| k.chunks & (1 << chunk) != 0)
-                        .all(|chunk| settled_chunks.contains(&(k.le, chunk)))
-            });
+            let mut kept = std::mem::take(&mut dirty.kept);
+            for k in kept.iter_mut().filter(|k| k.seq < kept_before) {
+                for chunk in 0..CHUNK_BITS {
+                    if settled_chunks.contains(&(k.le, chunk)) {
+                        k.chunks &= !(1 << chunk);
+                    }
+                }
+            }
+            let (done, waiting) = kept.into_iter().partition(|k| k.chunks == 0);
             dirty.kept = waiting;
             done
         };

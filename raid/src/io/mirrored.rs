@@ -163,6 +163,33 @@ impl Mirrored {
         Ok(())
     }
 
+    /// The copy of the block at `at` in a span (`pe_offset_bytes` into
+    /// its PEs) that matches the newest record recovery found of it, if
+    /// records of it exist: `Some(None)` when none matches.
+    fn recorded(
+        &self,
+        legs: &Legs,
+        copies: &[(usize, IoBufMut)],
+        pe_offset_bytes: u64,
+        at: usize,
+        check: &dyn BlockCheck,
+    ) -> Option<Option<Vec<u8>>> {
+        let journals = self.records.as_ref()?;
+        let (lv, le) = check.extent()?;
+        let crcs: Vec<u32> = copies.iter().find_map(|(leg, _)| {
+            let leg = &legs.legs[*leg];
+            let offset = leg.base_bytes + pe_offset_bytes + at as u64;
+            journals.recorded_crcs(lv, le, leg.pv, offset)
+        })?;
+        Some(crcs.iter().find_map(|&crc| {
+            copies
+                .iter()
+                .map(|(_, data)| &data[at..at + BLOCK])
+                .find(|block| crc32c::crc32c(block) == crc)
+                .map(<[u8]>::to_vec)
+        }))
+    }
+
     fn stripe(&self) -> StripeGeometry {
         StripeGeometry::Striped(self.geometry)
     }
@@ -620,15 +647,23 @@ impl Redundancy for Mirrored {
                     .find(|(_, data)| check.matches(block_offset, &data[at..at + BLOCK]))
                     .map(|(_, data)| data[at..at + BLOCK].to_vec());
                 // Copies of an unfinished write differ without any of them
-                // being damaged: settle on one, and count no mismatch.
-                let settled = if matching.is_none()
+                // being damaged: settle on one, and count no mismatch. A
+                // write recorded before the last start (integrity) says
+                // which one; where records exist and no copy matches them,
+                // nothing is voted in.
+                let resync = matching.is_none()
                     && mode == ScrubMode::Resync
-                    && copies.len() >= 2
-                    && !check.known_bad(block_offset)
-                {
-                    settle(legs, &copies, span.pe_offset_bytes, at).await
-                } else {
-                    None
+                    && !check.known_bad(block_offset);
+                let recorded = match resync {
+                    true => self.recorded(legs, &copies, span.pe_offset_bytes, at, check),
+                    false => None,
+                };
+                let settled = match recorded {
+                    Some(recorded) => recorded,
+                    None if resync && copies.len() >= 2 => {
+                        settle(legs, &copies, span.pe_offset_bytes, at).await
+                    }
+                    None => None,
                 };
                 if let Some(settled) = &settled {
                     report.adopted.push((block_offset, settled.clone()));

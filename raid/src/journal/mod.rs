@@ -193,6 +193,9 @@ struct Inner {
     next_id: AtomicU64,
     recovered: AtomicBool,
     recovering: AtomicBool,
+    /// The records recovery found whose extents are still placed, per
+    /// copy of each block: for the volumes' resync (`recorded_crcs`).
+    recorded: Mutex<records_recover::RecordedBlocks>,
     periodic: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -254,6 +257,7 @@ impl JournalSet {
             next_id: AtomicU64::new(0),
             recovered: AtomicBool::new(false),
             recovering: AtomicBool::new(false),
+            recorded: Mutex::new(Default::default()),
             periodic: Mutex::new(None),
         });
         if let Some(interval) = options.checkpoint_interval {
@@ -334,11 +338,23 @@ impl JournalSet {
         // Cleared however this ends (error, or the caller giving up), so
         // recovery can run again.
         let _running = ClearOnDrop(&self.inner.recovering);
-        let report = recover::recover(&self.inner.pvs, &self.journals(), legs).await?;
+        let (report, recorded) = recover::recover(&self.inner.pvs, &self.journals(), legs).await?;
+        *self.inner.recorded.lock() = recorded;
         self.inner.epoch.store(report.epoch, Ordering::Release);
         self.inner.next_id.store(0, Ordering::Release);
         self.inner.recovered.store(true, Ordering::Release);
         Ok(report)
+    }
+
+    /// The CRC-32C the records found by recovery hold for the block at
+    /// device offset `offset_bytes` of PV `pv`, newest first, where they
+    /// are records of extent `le` of LV `lv`; `None` where there are none.
+    /// A resync after the start takes the copy matching one, so rot that
+    /// set in after recovery cannot pass for the write either.
+    pub fn recorded_crcs(&self, lv: u64, le: u64, pv: PvId, offset_bytes: u64) -> Option<Vec<u32>> {
+        let recorded = self.inner.recorded.lock();
+        let (owner, crcs) = recorded.get(&(pv, offset_bytes))?;
+        (*owner == (lv, le)).then(|| crcs.clone())
     }
 
     /// Logs `entry` durably on the journals of `pvs` (the row's parity

@@ -21,7 +21,7 @@
 //! replay's targets) before any header is rewritten, so a crash during
 //! this leaves the records to settle again.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use blockvirt::volume::PvSet;
@@ -77,17 +77,21 @@ pub(super) async fn read_records(
 /// The copies of one block: (PV, device offset) each.
 type Copies = Vec<(PvId, u64)>;
 
+/// Per copy of a recorded block, (PV, device offset): its extent (LV, LE)
+/// and its records' checksums, newest first.
+pub(super) type RecordedBlocks = HashMap<(PvId, u64), ((u64, u64), Vec<u32>)>;
+
 /// Settles every block `entries` (id, entry) record, where `legs` says
-/// the record's extent is still there.
+/// the record's extent is still there; returns those blocks' records.
 pub(super) async fn settle_records(
     pvs: &PvSet,
     legs: &dyn ExtentLegs,
     entries: &[(u64, RecordEntry)],
     report: &mut RecoveryReport,
     touched: &mut BTreeSet<PvId>,
-) {
-    // Per block, its recorded checksums, newest first.
-    let mut blocks: BTreeMap<Copies, Vec<u32>> = BTreeMap::new();
+) -> RecordedBlocks {
+    // Per block, its extent and recorded checksums, newest first.
+    let mut blocks: BTreeMap<Copies, ((u64, u64), Vec<u32>)> = BTreeMap::new();
     let mut newest_first: Vec<&(u64, RecordEntry)> = entries.iter().collect();
     newest_first.sort_by_key(|(id, _)| std::cmp::Reverse(*id));
     for (_, entry) in newest_first {
@@ -99,14 +103,24 @@ pub(super) async fn settle_records(
             for (i, &crc) in write.crcs.iter().enumerate() {
                 let at = i as u64 * BLOCK_BYTES;
                 let copies = write.copies.iter().map(|&(pv, o)| (pv, o + at)).collect();
-                blocks.entry(copies).or_default().push(crc);
+                let owner = (write.lv, write.le);
+                blocks
+                    .entry(copies)
+                    .or_insert((owner, Vec::new()))
+                    .1
+                    .push(crc);
             }
         }
     }
     report.records_found += entries.len() as u64;
-    for (copies, crcs) in blocks {
+    let mut recorded = RecordedBlocks::new();
+    for (copies, (owner, crcs)) in blocks {
         settle_block(pvs, &copies, &crcs, report, touched).await;
+        for copy in copies {
+            recorded.insert(copy, (owner, crcs.clone()));
+        }
     }
+    recorded
 }
 
 /// Whether every copy of `write` lies in a leg its extent has now.

@@ -66,7 +66,7 @@ use super::intent::RowIntent;
 use super::io::{read_exact, write_all};
 use super::pv_journal::PvJournal;
 use super::records::{records_ring_bytes, ExtentLegs};
-use super::records_recover::{read_records, settle_records};
+use super::records_recover::{read_records, settle_records, RecordedBlocks};
 use super::region::write_header;
 use super::scan::{Found, Lane, Scan};
 use super::settle::settle;
@@ -76,7 +76,7 @@ pub(super) async fn recover(
     pvs: &PvSet,
     journals: &[Arc<PvJournal>],
     legs: Option<&dyn ExtentLegs>,
-) -> BlockResult<RecoveryReport> {
+) -> BlockResult<(RecoveryReport, RecordedBlocks)> {
     // No checkpoint may run on any journal meanwhile.
     let mut turns = Vec::with_capacity(journals.len());
     for journal in journals {
@@ -193,10 +193,13 @@ pub(super) async fn recover(
         settle(pvs, header, intent, &mut report, &mut touched).await;
     }
     let records = read_records(pvs, &record_scans, newest, &mut report).await?;
-    match legs {
+    let recorded = match legs {
         Some(legs) => settle_records(pvs, legs, &records, &mut report, &mut touched).await,
-        None => report.records_found += records.len() as u64,
-    }
+        None => {
+            report.records_found += records.len() as u64;
+            RecordedBlocks::default()
+        }
+    };
     let touched: Vec<PvId> = touched.into_iter().collect();
     flush_targets(pvs, &touched).await;
 
@@ -234,7 +237,7 @@ pub(super) async fn recover(
         journal.bump();
     }
     drop(turns);
-    Ok(report)
+    Ok((report, recorded))
 }
 
 /// A byte range an entry found in place wrote.
