@@ -165,7 +165,7 @@ impl Mirrored {
 
     /// The copy of the block at `at` in a span (`pe_offset_bytes` into
     /// its PEs) that matches the newest record recovery found of it, if
-    /// records of it exist: `Some(None)` when none matches.
+    /// any does.
     fn recorded(
         &self,
         legs: &Legs,
@@ -173,7 +173,7 @@ impl Mirrored {
         pe_offset_bytes: u64,
         at: usize,
         check: &dyn BlockCheck,
-    ) -> Option<Option<Vec<u8>>> {
+    ) -> Option<Vec<u8>> {
         let journals = self.records.as_ref()?;
         let (lv, le) = check.extent()?;
         let crcs: Vec<u32> = copies.iter().find_map(|(leg, _)| {
@@ -181,13 +181,13 @@ impl Mirrored {
             let offset = leg.base_bytes + pe_offset_bytes + at as u64;
             journals.recorded_crcs(lv, le, leg.pv, offset)
         })?;
-        Some(crcs.iter().find_map(|&crc| {
+        crcs.iter().find_map(|&crc| {
             copies
                 .iter()
                 .map(|(_, data)| &data[at..at + BLOCK])
                 .find(|block| crc32c::crc32c(block) == crc)
                 .map(<[u8]>::to_vec)
-        }))
+        })
     }
 
     fn stripe(&self) -> StripeGeometry {
@@ -649,8 +649,7 @@ impl Redundancy for Mirrored {
                 // Copies of an unfinished write differ without any of them
                 // being damaged: settle on one, and count no mismatch. A
                 // write recorded before the last start (integrity) says
-                // which one; where records exist and no copy matches them,
-                // nothing is voted in.
+                // which one; otherwise the copies vote.
                 let resync = matching.is_none()
                     && mode == ScrubMode::Resync
                     && !check.known_bad(block_offset);
@@ -659,7 +658,7 @@ impl Redundancy for Mirrored {
                     false => None,
                 };
                 let settled = match recorded {
-                    Some(recorded) => recorded,
+                    Some(recorded) => Some(recorded),
                     None if resync && copies.len() >= 2 => {
                         settle(legs, &copies, span.pe_offset_bytes, at).await
                     }
