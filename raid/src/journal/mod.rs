@@ -426,11 +426,25 @@ impl JournalSet {
                 self.checkpoint_in_background(journal);
             }
         }
-        let mut tickets = Vec::with_capacity(appends.len());
+        // On a failure the tickets of the journals that succeeded are
+        // dropped, which completes them: a checkpoint retires their entries.
+        let tickets = self.finish_appends(&journals, appends).await?;
+        Ok(Tickets { tickets })
+    }
+
+    /// Waits for every append task of one entry (one per journal) and
+    /// returns their proofs; on the first failure, the error, with the
+    /// journals that failed marked so (the others' proofs are dropped).
+    async fn finish_appends<T>(
+        &self,
+        journals: &[Arc<PvJournal>],
+        appends: Vec<JoinHandle<BlockResult<T>>>,
+    ) -> BlockResult<Vec<T>> {
+        let mut done = Vec::with_capacity(appends.len());
         let mut failure = None;
         for append in appends {
             match append.await {
-                Ok(Ok(ticket)) => tickets.push(ticket),
+                Ok(Ok(proof)) => done.push(proof),
                 Ok(Err(e)) => failure = failure.or(Some(e)),
                 Err(join) => {
                     failure = failure.or(Some(BlockError::with_source(
@@ -442,13 +456,11 @@ impl JournalSet {
             }
         }
         match failure {
-            // The tickets of the journals that succeeded are dropped, which
-            // completes them: their entries are retired by a checkpoint.
             Some(e) => {
-                self.fail_poisoned(&journals);
+                self.fail_poisoned(journals);
                 Err(e)
             }
-            None => Ok(Tickets { tickets }),
+            None => Ok(done),
         }
     }
 

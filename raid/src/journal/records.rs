@@ -543,28 +543,8 @@ impl JournalSet {
                 self.checkpoint_in_background(journal);
             }
         }
-        let mut pins = Vec::with_capacity(appends.len());
-        let mut failure = None;
-        for append in appends {
-            match append.await {
-                Ok(Ok(pin)) => pins.push(pin),
-                Ok(Err(e)) => failure = failure.or(Some(e)),
-                Err(join) => {
-                    failure = failure.or(Some(BlockError::with_source(
-                        ErrorKind::Internal,
-                        "record append task",
-                        join,
-                    )))
-                }
-            }
-        }
-        match failure {
-            Some(e) => {
-                self.fail_poisoned(&journals);
-                Err(e)
-            }
-            None => Ok(Some(RecordPins { pins })),
-        }
+        let pins = self.finish_appends(&journals, appends).await?;
+        Ok(Some(RecordPins { pins }))
     }
 
     /// Takes record room on every journal at once, or on none (as the
