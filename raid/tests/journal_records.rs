@@ -191,44 +191,39 @@ fn copies_matching_no_record_are_left_to_the_resync() {
     assert!(holds(&world, 1, 0, 1), "the good old copy is not touched");
 }
 
-#[test]
-fn a_pinned_record_outlives_checkpoints_and_an_unpinned_one_retires() {
-    let world = world();
+/// Logs records of writing `tags` to blocks 0 and 1, drops the pins of
+/// the second (`keep_first`) or the first, checkpoints, and loses power
+/// with the other still pinned; returns what the restart found.
+fn pin_one_of_two(world: &World, tags: (u64, u64), keep_first: bool) -> RecoveryReport {
     runtime().block_on(async {
-        let set = recovered(&world).await;
-        let kept = set
-            .log_records(&[1, 2], &record(&world, 0, 2))
+        let set = recovered(world).await;
+        let first = set
+            .log_records(&[1, 2], &record(world, 0, tags.0))
             .await
             .expect("log records");
-        let dropped = set
-            .log_records(&[1, 2], &record(&world, 1, 3))
+        let second = set
+            .log_records(&[1, 2], &record(world, 1, tags.1))
             .await
             .expect("log records");
+        let (kept, dropped) = match keep_first {
+            true => (first, second),
+            false => (second, first),
+        };
         drop(dropped);
         set.checkpoint_all().await.expect("checkpoint");
         std::mem::forget(kept);
     });
     world.crash();
-    let report = restart(&world);
+    restart(world)
+}
+
+#[test]
+fn a_pinned_record_outlives_checkpoints_and_an_unpinned_one_retires() {
+    let world = world();
+    let report = pin_one_of_two(&world, (2, 3), true);
     // The unpinned record is behind the pinned one: a prefix retires.
     assert_eq!(report.records_found, 2, "{report:?}");
-
-    runtime().block_on(async {
-        let set = recovered(&world).await;
-        let first = set
-            .log_records(&[1, 2], &record(&world, 0, 4))
-            .await
-            .expect("log records");
-        let second = set
-            .log_records(&[1, 2], &record(&world, 1, 5))
-            .await
-            .expect("log records");
-        drop(first);
-        set.checkpoint_all().await.expect("checkpoint");
-        std::mem::forget(second);
-    });
-    world.crash();
-    let report = restart(&world);
+    let report = pin_one_of_two(&world, (4, 5), false);
     assert_eq!(report.records_found, 1, "only the pinned one: {report:?}");
 }
 
